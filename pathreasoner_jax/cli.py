@@ -1,0 +1,102 @@
+"""The `pathreasoner` console script (also `python -m pathreasoner_jax`).
+
+Each subcommand is routed lazily to a `run(args)` function, so `--help` and a typo stay
+fast and a command imports only what it uses. `features` and `prepare` live in the
+top-level `data_prep` package: the CLI front-end is the one place that routes there
+(the library itself never imports `data_prep`, SPEC §1).
+
+Expected failures (bad input, missing files, config errors) raise `UserError` or
+`ConfigError`; they are printed as one line and exit with code 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pathreasoner_jax.config import ConfigError
+
+
+class UserError(RuntimeError):
+    """An expected failure the user can fix; printed as one line, no traceback."""
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.lr=1e-4")
+
+
+# command → (module:function, help)
+COMMANDS = {
+    "features": ("data_prep.cli:run_features", "slides → TRIDENT-style h5 features + manifest.json"),
+    "prepare": ("data_prep.cli:run_prepare", "slides/features + reports + KG → array_record shards"),
+    "sft": ("pathreasoner_jax.sft.cli:run_sft", "masked SFT"),
+    "prior": ("pathreasoner_jax.sft.cli:run_prior", "entity-drop Δ per cluster → pseudo-bag prior cache"),
+    "grpo": ("pathreasoner_jax.grpo.cli:run_grpo", "knowledge-aware GRPO / DAPO"),
+    "eval": ("pathreasoner_jax.eval.cli:run_eval", "metrics on a held-out split"),
+    "infer": ("pathreasoner_jax.eval.cli:run_infer", "answer + evidence map for one slide"),
+    "hf-import": ("pathreasoner_jax.hf_io:run_import", "local HF directory → orbax checkpoint"),
+    "hf-export": ("pathreasoner_jax.hf_io:run_export", "checkpoint → HF directory (LoRA merged)"),
+    "bench": ("pathreasoner_jax.bench:run_bench", "benchmarks against PyTorch baselines"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pathreasoner", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == "features":
+            p.add_argument("--slides", required=True, help="folder of slide files")
+            p.add_argument("--out", required=True, help="output folder (h5 per slide + manifest.json)")
+            p.add_argument("--encoder", default="demo", help="demo | conch_v1")
+            p.add_argument("--encoder-weights", default="", help="local weights for conch_v1")
+            p.add_argument("--magnification", type=float, default=20.0)
+            p.add_argument("--patch-size", type=int, default=256)
+            p.add_argument("--num-workers", type=int, default=1)
+            p.add_argument("--worker-index", type=int, default=0)
+        elif name == "prepare":
+            _config_args(p)
+            p.add_argument("--num-workers", type=int, default=1, help="split the work into N disjoint parts")
+            p.add_argument("--worker-index", type=int, default=-1, help="this part (-1: all, then merge)")
+            p.add_argument("--merge", action="store_true", help="only merge the parts' manifests")
+            p.add_argument("--force", action="store_true")
+        elif name == "infer":
+            _config_args(p)
+            p.add_argument("--slide", required=True, help="slide file or features .h5")
+            p.add_argument("--question", required=True)
+            p.add_argument("--out", default="", help="output folder (default runs/<name>/infer)")
+        elif name == "hf-import":
+            _config_args(p, required=False)
+            p.add_argument("--hf-dir", required=True)
+            p.add_argument("--out", required=True, help="checkpoint directory to write")
+        elif name == "hf-export":
+            _config_args(p)
+            p.add_argument("--checkpoint", default="", help="checkpoint dir (default: latest of the run)")
+            p.add_argument("--out", required=True)
+        elif name == "bench":
+            p.add_argument("which", choices=["sft", "rollout", "rewards", "prep"])
+            _config_args(p)
+            p.add_argument("--baseline", default="", choices=["", "torch"])
+            p.add_argument("--out", default="benchmarks/results")
+        else:
+            _config_args(p)
+            p.add_argument("--force", action="store_true", help="redo even if finished")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    target, _ = COMMANDS[args.command]
+    module_name, fn_name = target.split(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+        rc = fn(args)
+    except (UserError, ConfigError, FileNotFoundError) as e:
+        print(f"pathreasoner {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

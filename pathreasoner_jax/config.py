@@ -1,0 +1,337 @@
+"""One config dataclass tree, loaded from YAML with `key=value` overrides.
+
+YAML files mirror the tree (sections `model`, `data`, `mesh`, `sft`, `grpo`, `rewards`,
+`eval`, `run`); overrides use dotted keys: `model.llm.num_layers=4 sft.lr=1e-4`.
+A file may name a base with `base: other.yaml` (relative to itself); the file's keys
+override the base's. An unknown key or a value of the wrong type raises `ConfigError`
+naming the key and the file (or `<command line>`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message names key and source."""
+
+
+@dataclass
+class LLMConfig:
+    """Qwen2/Qwen2.5 decoder. `hf_path` (a local HF directory) overrides the sizes."""
+    hf_path: str = ""
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 0  # 0: hidden_size // num_heads
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 32768
+
+
+@dataclass
+class SlideEncoderConfig:
+    """LongNet slide encoder (SPEC §3) and projector."""
+    feature_dim: int = 512
+    width: int = 512
+    ffn_dim: int = 1024
+    num_layers: int = 2
+    num_heads: int = 8
+    segment_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    dropout: float = 0.1
+    drop_path: float = 0.1
+    layer_norm_eps: float = 1e-5
+
+
+@dataclass
+class LoRAConfig:
+    enabled: bool = True
+    rank: int = 64
+    alpha: float = 128.0
+    dropout: float = 0.1
+    targets: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class ModelConfig:
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    slide: SlideEncoderConfig = field(default_factory=SlideEncoderConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    tokenizer_path: str = ""  # "" : the tokenizer in llm.hf_path
+    compute_dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    attention_impl: str = "auto"  # auto | xla | cudnn
+    remat: bool = False  # rematerialise each decoder layer in the backward pass
+    image_token: str = "<image>"
+
+
+@dataclass
+class DataConfig:
+    """Data preparation inputs/outputs and the training input pipeline."""
+    slides_dir: str = ""
+    features_dir: str = ""
+    reports_path: str = ""
+    kg_path: str = ""
+    kg_format: str = "pathology"  # pathology | primekg | pathoml
+    prep_dir: str = ""  # "" : runs/<name>/prep
+    encoder: str = "demo"  # demo | conch_v1
+    encoder_weights: str = ""
+    target_magnification: float = 20.0
+    patch_size: int = 256
+    default_magnification: float = 20.0
+    num_clusters: int = 8
+    augment_per_sample: int = 2
+    reasoning_writer: str = "template"  # template | openai
+    reasoning_url: str = ""
+    reasoning_model: str = ""
+    reasoning_api_key_env: str = "OPENAI_API_KEY"
+    sample_num: int = 4096
+    max_text_len: int = 512
+    length_buckets: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192])
+    shuffle_seed: int = 0
+    num_workers: int = 0
+    splits: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh; -1 means "the remaining devices". Multi-host fields may come from env."""
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    coordinator_address: str = ""  # env PATHREASONER_COORDINATOR
+    num_processes: int = 0  # env PATHREASONER_NUM_PROCESSES; 0 : single host
+    process_id: int = -1  # env PATHREASONER_PROCESS_ID
+    local_device_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SFTConfig:
+    lr: float = 2e-5
+    epochs: int = 3
+    max_steps: int = 0  # 0 : from epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    train_lora_only: bool = True  # False : full fine-tuning of the LLM
+    freeze: list[str] = field(default_factory=list)  # any of llm, slide_encoder, projector
+    trajectory_mask_mode: str = "none"  # none | loss | drop
+    trajectory_mask_rate: float = 0.15
+    pseudo_bag: bool = False
+    pseudo_bag_q: float = 0.5
+    prior_mu: float = 0.7
+    prior_tau: float = 1.0
+    prior_eps: float = 0.02
+    prior_path: str = ""  # "" : runs/<name>/prior.npz
+    checkpoint_every: int = 100
+    keep_last: int = 3
+    init_from: str = ""
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8
+    prompts_per_step: int = 4
+    steps: int = 100
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    lr: float = 3e-7
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    loss_agg: str = "seq-mean-token-mean"  # | token-mean | seq-mean-token-sum-norm
+    kl_mode: str = "reward"  # reward | loss | none
+    kl_coef: float = 0.05
+    kl_beta: float = 0.04
+    inner_epochs: int = 2
+    adv_scale: str = "group"  # group | batch | none
+    dynamic_sampling: bool = False
+    max_sampling_tries: int = 3
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    mask_truncated: bool = False
+    init_from: str = ""  # SFT checkpoint directory ("" : runs/<name>/checkpoints/sft)
+    checkpoint_every: int = 50
+    keep_last: int = 3
+
+
+@dataclass
+class RewardsConfig:
+    alpha: float = 0.5
+    beta: float = 0.5
+    semantic: str = "rouge"  # rouge | judge | self
+    judge_url: str = ""
+    judge_model: str = ""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_timeout_s: float = 30.0
+    judge_retries: int = 3
+    judge_concurrency: int = 8
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    judge: bool = False
+    slidebench_csv: str = ""
+    wsivqa_json: str = ""
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    root: str = "runs"
+    seed: int = 0
+    log_every: int = 10
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.run.root, self.run.name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short hash of the named sections (all when none), for manifests and caches."""
+        d = self.to_dict()
+        if sections:
+            d = {k: d[k] for k in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Returns `value` converted to `tp` where lossless (int → float), else raises."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_value(value, args[0], key, source)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: key '{key}' expects a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_check_value(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise ConfigError(f"{source}: key '{key}' expects {tp.__name__}, got "
+                              f"{type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{source}: key '{key}' has unsupported type {tp}")
+
+
+def _merge_into(obj: Any, data: dict, source: str, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"{source}: unknown key '{key}' (known here: {known})")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: key '{key}' is a section and expects a mapping, got {v!r}")
+            _merge_into(getattr(obj, k), v, source, key + ".")
+        else:
+            setattr(obj, k, _check_value(v, tp, key, source))
+
+
+def _load_yaml(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = data.pop("base", None)
+    if base:
+        parent = _load_yaml(os.path.join(os.path.dirname(path), base))
+        data = _deep_update(parent, data)
+    return data
+
+
+def _deep_update(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _field_type(keys: list[str]) -> Any:
+    tp: Any = Config
+    for k in keys:
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if k not in hints:
+            return None
+        tp = hints[k]
+    return tp
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=v` → (["a", "b"], v); v parsed as YAML unless the field is a string."""
+    if "=" not in item:
+        raise ConfigError(f"<command line>: override '{item}' is not key=value")
+    key, raw = item.split("=", 1)
+    keys = key.strip().split(".")
+    tp = _field_type(keys)
+    if tp is str:
+        return keys, raw
+    if tp is float:  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return keys, float(raw)
+        except ValueError:
+            pass
+    try:
+        return keys, yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return keys, raw
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    cfg = Config()
+    if path:
+        _merge_into(cfg, _load_yaml(path), path)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        for k in reversed(keys):
+            value = {k: value}
+        _merge_into(cfg, value, "<command line>")
+    return cfg
