@@ -1,0 +1,149 @@
+"""LongNet slide encoder with dilated attention, exactly as SPEC §3.
+
+Per branch (segment w, dilation r): the effective segment is min(w, N), rounded up to a
+multiple of r; the sequence is padded to whole segments. Heads are split into groups of
+ceil(H / r) heads; group j keeps positions j, j+r, j+2r, ... of every segment (as
+torchscale's `dense_to_sparse`, which pads the heads to a multiple of r and drops the
+padding, so with r > H the offsets ≥ H are kept by no head). Within the kept positions
+attention is ordinary non-causal softmax attention with padded keys masked. Branch
+outputs merge per position and head with weights softmax_b(stop_gradient(lse_b)); a
+branch that did not cover a position has weight 0. Pre-norm layers with sub-LN, GELU
+FFN, final LayerNorm, no positional encoding, dropout and drop-path.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pathreasoner_jax.models.layers import Ctx, LayerNorm, Linear, dropout
+
+_NEG = -1e30
+
+
+def _attend(q, k, v, key_valid):
+    """q/k/v (..., L, G, Dh) over the L axis; key_valid (..., L). Returns out, lse (..., L, G)."""
+    s = jnp.einsum("...qgd,...kgd->...gqk", q.astype(jnp.float32), k.astype(jnp.float32))
+    kmask = key_valid[..., None, None, :]
+    s = jnp.where(kmask, s, _NEG)
+    lse = jax.nn.logsumexp(s, axis=-1)
+    p = jnp.where(kmask, jnp.exp(s - lse[..., None]), 0.0)
+    out = jnp.einsum("...gqk,...kgd->...qgd", p, v.astype(jnp.float32))
+    lse = jnp.where(jnp.any(key_valid, -1)[..., None, :], lse, -jnp.inf)
+    return out, jnp.swapaxes(lse, -1, -2)
+
+
+def dilated_branch(q_bnhd, k_bnhd, v_bnhd, valid_bn, segment: int, dilation: int):
+    """One (segment, dilation) branch. Returns out (B,N,H,Dh) fp32 and lse (B,N,H), -inf where uncovered."""
+    b, n, h, dh = q_bnhd.shape
+    r = dilation
+    seg = math.ceil(min(segment, n) / r) * r
+    n_pad = math.ceil(n / seg) * seg
+    pad = [(0, 0), (0, n_pad - n), (0, 0), (0, 0)]
+    q, k, v = (jnp.pad(t, pad) for t in (q_bnhd, k_bnhd, v_bnhd))
+    valid = jnp.pad(valid_bn, [(0, 0), (0, n_pad - n)])
+    shape6 = (b, n_pad // seg, seg // r, r, h, dh)  # position in segment = i * r + j
+    q, k, v = (t.reshape(shape6) for t in (q, k, v))
+    valid = valid.reshape(shape6[:4])
+    group = math.ceil(h / r)
+    out = jnp.zeros(shape6, jnp.float32)
+    lse = jnp.full(shape6[:5], -jnp.inf, jnp.float32)
+    for j in range(math.ceil(h / group)):
+        hs = slice(j * group, min((j + 1) * group, h))
+        o_j, l_j = _attend(q[:, :, :, j, hs], k[:, :, :, j, hs], v[:, :, :, j, hs], valid[:, :, :, j])
+        out = out.at[:, :, :, j, hs].set(o_j)
+        lse = lse.at[:, :, :, j, hs].set(l_j)
+    return out.reshape(b, n_pad, h, dh)[:, :n], lse.reshape(b, n_pad, h)[:, :n]
+
+
+def merge_branches(outs, lses):
+    """Weights softmax over branches of stop_gradient(lse); -inf (uncovered) gets weight 0."""
+    lse = jax.lax.stop_gradient(jnp.stack(lses))  # (nb,B,N,H)
+    top = jnp.max(lse, axis=0)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    e = jnp.where(jnp.isfinite(lse), jnp.exp(lse - top), 0.0)
+    den = jnp.sum(e, axis=0)
+    w = e / jnp.where(den > 0, den, 1.0)
+    return jnp.sum(w[..., None] * jnp.stack(outs), axis=0)
+
+
+def dilated_attention(q_bnhd, k_bnhd, v_bnhd, valid_bn, segments, dilations):
+    outs, lses = [], []
+    for w, r in zip(segments, dilations):
+        o, l = dilated_branch(q_bnhd, k_bnhd, v_bnhd, valid_bn, w, r)
+        outs.append(o)
+        lses.append(l)
+    return merge_branches(outs, lses)
+
+
+def drop_path(x_bnd, rate: float, ctx: Ctx, uid: int):
+    """Stochastic depth: drops the whole residual branch per sample."""
+    if ctx.deterministic or rate <= 0.0:
+        return x_bnd
+    key = jax.random.fold_in(jax.random.fold_in(ctx.rng, uid), 7)
+    keep = jax.random.bernoulli(key, 1.0 - rate, (x_bnd.shape[0], 1, 1))
+    return jnp.where(keep, x_bnd / (1.0 - rate), 0.0)
+
+
+class DilatedSelfAttention(nnx.Module):
+    def __init__(self, width, heads, segments, dilations, dropout_rate, eps, rngs, param_dtype):
+        ax = ("slide_embed", "slide_mlp")
+        self.q_proj, self.k_proj, self.v_proj = (
+            Linear(width, width, axes=ax, rngs=rngs, param_dtype=param_dtype) for _ in range(3))
+        self.inner_ln = LayerNorm(width, eps, param_dtype)  # sub-LN
+        self.out_proj = Linear(width, width, axes=("slide_mlp", "slide_embed"), rngs=rngs, param_dtype=param_dtype)
+        self.heads, self.segments, self.dilations = heads, tuple(segments), tuple(dilations)
+        self.dropout_rate = dropout_rate
+
+    def __call__(self, x_bnd, valid_bn, ctx: Ctx):
+        b, n, w = x_bnd.shape
+        dh = w // self.heads
+        q = self.q_proj(x_bnd, ctx).reshape(b, n, self.heads, dh) * dh ** -0.5
+        k = self.k_proj(x_bnd, ctx).reshape(b, n, self.heads, dh)
+        v = self.v_proj(x_bnd, ctx).reshape(b, n, self.heads, dh)
+        out = dilated_attention(q, k, v, valid_bn, self.segments, self.dilations).astype(x_bnd.dtype)
+        return self.out_proj(self.inner_ln(out.reshape(b, n, w)), ctx)
+
+
+class LongNetLayer(nnx.Module):
+    def __init__(self, cfg, drop_path_rate, rngs, param_dtype):
+        w, f, eps = cfg.width, cfg.ffn_dim, cfg.layer_norm_eps
+        self.attn_ln = LayerNorm(w, eps, param_dtype)
+        self.attn = DilatedSelfAttention(w, cfg.num_heads, cfg.segment_lengths, cfg.dilations, cfg.dropout,
+                                         eps, rngs, param_dtype)
+        self.ffn_ln = LayerNorm(w, eps, param_dtype)
+        self.fc1 = Linear(w, f, axes=("slide_embed", "slide_mlp"), rngs=rngs, param_dtype=param_dtype)
+        self.ffn_inner_ln = LayerNorm(f, eps, param_dtype)  # sub-LN
+        self.fc2 = Linear(f, w, axes=("slide_mlp", "slide_embed"), rngs=rngs, param_dtype=param_dtype)
+        self.dropout_rate, self.drop_path_rate = cfg.dropout, drop_path_rate
+        self.uid = self.fc1.uid
+
+    def __call__(self, x, valid_bn, ctx: Ctx):
+        p = self.dropout_rate
+        h = dropout(self.attn(self.attn_ln(x), valid_bn, ctx), p, ctx, self.uid, 1)
+        x = x + drop_path(h, self.drop_path_rate, ctx, self.uid + 1)
+        h = dropout(jax.nn.gelu(self.fc1(self.ffn_ln(x), ctx), approximate=False), p, ctx, self.uid, 2)
+        h = dropout(self.fc2(self.ffn_inner_ln(h), ctx), p, ctx, self.uid, 3)
+        return x + drop_path(h, self.drop_path_rate, ctx, self.uid + 2)
+
+
+class LongNet(nnx.Module):
+    """(B, N, feature_dim) patch features + validity (B, N) → (B, N, width)."""
+
+    def __init__(self, cfg, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.in_proj = None if cfg.feature_dim == cfg.width else Linear(
+            cfg.feature_dim, cfg.width, axes=("slide_embed", "slide_mlp"), rngs=rngs, param_dtype=param_dtype)
+        rates = [cfg.drop_path * i / max(cfg.num_layers - 1, 1) for i in range(cfg.num_layers)]
+        self.layers = nnx.List([LongNetLayer(cfg, r, rngs, param_dtype) for r in rates])
+        self.final_ln = LayerNorm(cfg.width, cfg.layer_norm_eps, param_dtype)
+
+    def __call__(self, features_bnf, valid_bn, ctx: Ctx):
+        x = features_bnf.astype(ctx.dtype)
+        if self.in_proj is not None:
+            x = self.in_proj(x, ctx)
+        for layer in self.layers:
+            x = layer(x, valid_bn, ctx)
+        x = self.final_ln(x)
+        return jnp.where(valid_bn[..., None], x, 0)

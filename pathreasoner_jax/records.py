@@ -1,0 +1,200 @@
+"""The record schema shared by data preparation and training (SPEC §1, §2).
+
+Records are serialised with msgpack, never pickle: a numpy array becomes a map
+`{"__nd__": True, "dtype": str, "shape": [...], "data": bytes}` (C order, little
+endian), so a shard can be read by any msgpack implementation.
+
+A *slide record* holds one slide's patch features; a *sample record* holds one
+question/trajectory pair about a slide. The trajectory text the model is trained to
+produce is built by `format_trajectory`: one finding or reasoning step per line, so
+that SFT trajectory masking can find (and mask or drop) individual steps again with
+`trajectory_spans`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+IMAGE_TOKEN = "<image>"
+
+
+def _pack_default(obj):
+    if isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(obj)
+        return {"__nd__": True, "dtype": arr.dtype.newbyteorder("<").str,
+                "shape": list(arr.shape), "data": arr.astype(arr.dtype.newbyteorder("<")).tobytes()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def _unpack_hook(d):
+    if d.get("__nd__") is True:
+        return np.frombuffer(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
+    return d
+
+
+def pack(obj: dict) -> bytes:
+    """dict (may hold numpy arrays) → msgpack bytes."""
+    return msgpack.packb(obj, default=_pack_default, use_bin_type=True)
+
+
+def unpack(data: bytes) -> dict:
+    return msgpack.unpackb(data, object_hook=_unpack_hook, raw=False)
+
+
+@dataclass
+class SlideRecord:
+    """One slide's patch features.
+
+    features_nd: (N, D) float32; coords_n2: (N, 2) int64 level-0 (x, y) of each patch's
+    top-left corner; cluster_ids_n: (N,) int32 pseudo-bag (k-means) cluster of each patch.
+    """
+    slide_id: str
+    features: np.ndarray
+    coords: np.ndarray
+    cluster_ids: np.ndarray
+    magnification: float = 20.0  # magnification the patches were taken at
+    source: str = ""  # slide or feature file it came from
+    label: str = ""  # tissue class / diagnosis where known
+    patch_size: int = 256
+    patch_size_level0: int = 256
+
+    def __post_init__(self):
+        self.features = np.asarray(self.features, np.float32)
+        self.coords = np.asarray(self.coords, np.int64).reshape(-1, 2)
+        self.cluster_ids = np.asarray(self.cluster_ids, np.int32).reshape(-1)
+        n = self.features.shape[0]
+        if self.features.ndim != 2 or self.coords.shape[0] != n or self.cluster_ids.shape[0] != n:
+            raise ValueError(f"slide {self.slide_id}: features {self.features.shape}, coords "
+                             f"{self.coords.shape} and cluster_ids {self.cluster_ids.shape} disagree")
+
+    @property
+    def num_patches(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass
+class SampleRecord:
+    """One question about a slide with its target trajectory.
+
+    `question` holds exactly one `<image>`; `findings` are the `<observe>` items,
+    `reasoning` the `<think>` steps, `answer` the `<answer>` text; `entities` the
+    canonical KG names that are the sample's ground truth for the entity reward.
+    """
+    sample_id: str
+    slide_id: str
+    split: str
+    question: str
+    findings: list[str]
+    reasoning: list[str]
+    answer: str
+    diagnosis: str = ""
+    entities: list[str] = field(default_factory=list)
+    category: str = "diagnosis"
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"sample {self.sample_id}: split {self.split!r} not in {SPLITS}")
+        if self.question.count(IMAGE_TOKEN) != 1:
+            raise ValueError(f"sample {self.sample_id}: question must hold exactly one {IMAGE_TOKEN}")
+
+    @property
+    def trajectory(self) -> str:
+        return format_trajectory(self.findings, self.reasoning, self.answer)
+
+
+def encode_slide(rec: SlideRecord) -> bytes:
+    return pack({"v": SCHEMA_VERSION, "kind": "slide", **dataclasses.asdict(rec)})
+
+
+def decode_slide(data: bytes) -> SlideRecord:
+    d = unpack(data)
+    _check(d, "slide")
+    return SlideRecord(**{f.name: d[f.name] for f in dataclasses.fields(SlideRecord) if f.name in d})
+
+
+def encode_sample(rec: SampleRecord) -> bytes:
+    return pack({"v": SCHEMA_VERSION, "kind": "sample", **dataclasses.asdict(rec)})
+
+
+def decode_sample(data: bytes) -> SampleRecord:
+    d = unpack(data)
+    _check(d, "sample")
+    return SampleRecord(**{f.name: d[f.name] for f in dataclasses.fields(SampleRecord) if f.name in d})
+
+
+def _check(d: dict, kind: str) -> None:
+    if d.get("kind") != kind:
+        raise ValueError(f"record is a {d.get('kind')!r}, expected {kind!r}")
+    if d.get("v", 0) > SCHEMA_VERSION:
+        raise ValueError(f"record schema v{d.get('v')} is newer than this code (v{SCHEMA_VERSION})")
+
+
+# ---------------------------------------------------------------- trajectories
+
+def clean_step(text: str) -> str:
+    """One line per step: collapse whitespace (a newline inside a step would split it)."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def trajectory_spans(findings: list[str], reasoning: list[str], answer: str
+                     ) -> tuple[str, list[tuple[str, int, int, int]]]:
+    """Builds the trajectory text and the character span of every step.
+
+    Returns (text, spans) with spans [(kind, index, start, end)], kind in
+    {"finding", "reasoning", "answer"}; text[start:end] is the step's text.
+    """
+    parts: list[str] = []
+    spans: list[tuple[str, int, int, int]] = []
+    pos = 0
+
+    def add(s: str, kind: str | None = None, idx: int = 0):
+        nonlocal pos
+        if kind is not None:
+            spans.append((kind, idx, pos, pos + len(s)))
+        parts.append(s)
+        pos += len(s)
+
+    add("<observe>")
+    for i, f in enumerate(findings):
+        add("\n")
+        add(clean_step(f), "finding", i)
+    add("\n</observe>\n<think>")
+    for i, r in enumerate(reasoning):
+        add("\n")
+        add(clean_step(r), "reasoning", i)
+    add("\n</think>\n<answer>")
+    add(clean_step(answer), "answer", 0)
+    add("</answer>")
+    return "".join(parts), spans
+
+
+def format_trajectory(findings: list[str], reasoning: list[str], answer: str) -> str:
+    """`<observe>` one finding per line `</observe>`, `<think>` one step per line
+    `</think>`, `<answer>answer</answer>`, tags separated by newlines (SPEC §2)."""
+    return trajectory_spans(findings, reasoning, answer)[0]
+
+
+_SPAN_RE = {t: re.compile(rf"<{t}>(.*?)</{t}>", re.S) for t in ("observe", "info", "think", "answer")}
+
+
+def parse_trajectory(text: str) -> tuple[list[str], list[str], str]:
+    """Inverse of `format_trajectory` (also accepts the reference's `<info>` tag).
+
+    Steps are the non-empty lines of each span; raises ValueError when a span is missing.
+    """
+    obs = _SPAN_RE["observe"].search(text) or _SPAN_RE["info"].search(text)
+    think = _SPAN_RE["think"].search(text)
+    ans = _SPAN_RE["answer"].search(text)
+    if not (obs and think and ans):
+        missing = [n for n, m in (("observe", obs), ("think", think), ("answer", ans)) if not m]
+        raise ValueError(f"trajectory lacks the {', '.join(missing)} span(s)")
+    lines = lambda s: [clean_step(x) for x in s.split("\n") if x.strip()]  # noqa: E731
+    return lines(obs.group(1)), lines(think.group(1)), clean_step(ans.group(1))
