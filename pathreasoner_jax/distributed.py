@@ -43,8 +43,9 @@ def initialize(mesh_cfg=None) -> None:
     args = resolve(mesh_cfg)
     if args is None:
         return
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU processes need a collectives backend; this only affects the CPU client, and
+    # asking for the backend here would initialise XLA before distributed start-up.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**args)
     _initialized = True
     log.info("process %d/%d, %d local / %d global devices", jax.process_index(), jax.process_count(),

@@ -135,10 +135,11 @@ def llm_param_names(llm: LLMConfig) -> Iterator[str]:
         yield "lm_head.weight"
 
 
-def _get(state, path):
+def _get(tree, path):
+    """Walks a path through an nnx State (by key) or a module tree (by attribute/index)."""
     for k in path:
-        state = state[k]
-    return state
+        tree = tree[k] if isinstance(k, int) or not isinstance(tree, nnx.Module) else getattr(tree, k)
+    return tree
 
 
 def load_llm_arrays(hf_dir: str, llm: LLMConfig, abstract_llm_state, shardings_llm) -> dict[tuple, jax.Array]:

@@ -31,10 +31,12 @@ def atomic_write_text(path: str, text: str) -> str:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """numpy scalars/arrays → Python; NaN/inf → None (strict JSON has no NaN); tuples → lists."""
+    """numpy scalars/arrays → Python; NaN/inf → None (strict JSON has no NaN); tuples/sets → lists."""
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
+    if isinstance(obj, (set, frozenset)):
+        return [to_jsonable(v) for v in sorted(obj, key=str)]  # sorted: stable files
+    if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # numpy scalar or array
         return to_jsonable(obj.tolist())

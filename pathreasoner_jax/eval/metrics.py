@@ -23,13 +23,15 @@ from collections import defaultdict
 from typing import Iterable, Optional, Sequence
 
 from pathreasoner_jax.eval.entities import as_lexicon
-from pathreasoner_jax.tokenizer import CHAT_TOKENS, FORMAT_TAGS
+from pathreasoner_jax.tokenizer import FORMAT_TAGS
 
 SPAN_TAGS = ("observe", "think", "answer")
 METRIC_KEYS = ("format_compliance", "answer_accuracy", "bleu1", "bleu2", "bleu3", "bleu4",
                "rouge1", "rouge2", "rougeL", "entity_precision", "entity_recall", "entity_f1", "n")
 
-_END_TOKENS_RE = re.compile(r"(?:\s*(?:" + "|".join(re.escape(t) for t in CHAT_TOKENS) + r"))+\s*$")
+# EOS (<|im_end|>) and pad (<|endoftext|>), as the GRPO format reward allows after </answer>.
+_END_TOKENS = ("<|im_end|>", "<|endoftext|>")
+_END_TOKENS_RE = re.compile(r"(?:\s*(?:" + "|".join(re.escape(t) for t in _END_TOKENS) + r"))+\s*$")
 _FORMAT_RE = re.compile(
     r"^\s*<observe>.*?</observe>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
 _TAG_RE = re.compile("|".join(re.escape(t) for t in FORMAT_TAGS))

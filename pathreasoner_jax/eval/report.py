@@ -177,8 +177,10 @@ def _cell(v: Any) -> str:
 
 
 def _ordered(keys) -> list:
-    rank = {k: i for i, k in enumerate(METRIC_KEYS)}
-    return sorted(keys, key=lambda k: (rank.get(k, len(rank)), str(k)))
+    # the SPEC §9 metrics in their usual order, then accuracy, the rest A–Z, counts last
+    known = [k for k in METRIC_KEYS if k != "n"] + ["accuracy"]
+    rank = {k: i for i, k in enumerate(known)}
+    return sorted(keys, key=lambda k: (str(k) in ("n", "n_unparsed"), rank.get(k, len(rank)), str(k)))
 
 
 def _render(d: Mapping, title: str, level: int) -> list[str]:

@@ -31,7 +31,7 @@ def _attend(q, k, v, key_valid):
     lse = jax.nn.logsumexp(s, axis=-1)
     p = jnp.where(kmask, jnp.exp(s - lse[..., None]), 0.0)
     out = jnp.einsum("...gqk,...kgd->...qgd", p, v.astype(jnp.float32))
-    lse = jnp.where(jnp.any(key_valid, -1)[..., None, :], lse, -jnp.inf)
+    lse = jnp.where(jnp.any(key_valid, -1)[..., None, None], lse, -jnp.inf)
     return out, jnp.swapaxes(lse, -1, -2)
 
 

@@ -1,0 +1,49 @@
+"""Tiny random Qwen2 checkpoints made with transformers (CPU torch), saved with save_pretrained."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+VOCAB = 300
+
+
+def make_hf_qwen2(out_dir: str, tied: bool, seed: int = 0, layers: int = 2):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      rope_theta=10000.0, tie_word_embeddings=tied, rms_norm_eps=1e-6)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # random biases and norm scales so that those code paths are exercised
+        for name, p in model.named_parameters():
+            if "bias" in name or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out_dir)
+    return model
+
+
+def tiny_model_config(hf_dir: str, lora: bool = False):
+    from pathreasoner_jax.config import LLMConfig, ModelConfig
+    from pathreasoner_jax.models.factory import resolve_model_config
+
+    cfg = ModelConfig(llm=LLMConfig(hf_path=hf_dir), compute_dtype="float32")
+    cfg.lora.enabled = lora
+    cfg.lora.rank, cfg.lora.alpha = 4, 8.0
+    cfg.slide = dataclasses.replace(cfg.slide, feature_dim=16, width=32, ffn_dim=64, num_heads=4,
+                                    segment_lengths=[8, 16], dilations=[1, 2])
+    return resolve_model_config(cfg)
+
+
+def padded_prompts(rng: np.random.Generator, left: bool):
+    """Two prompts of lengths 12 and 7 padded to 12, left or right."""
+    ids = rng.integers(5, VOCAB - 5, size=(2, 12))
+    att = np.ones((2, 12), np.int64)
+    if left:
+        att[1, :5] = 0
+    else:
+        att[1, 7:] = 0
+    ids[att == 0] = 0
+    return ids, att
