@@ -14,7 +14,7 @@ import jax.numpy as jnp
 def eligible_clusters(cluster_sizes, eps: float):
     """(K,) bool: size ≥ max(1, ⌊ε·N⌋), N = Σ sizes."""
     sizes = jnp.asarray(cluster_sizes)
-    n = jnp.sum(sizes)
+    n = jnp.sum(sizes, axis=-1, keepdims=True)
     min_size = jnp.maximum(1, jnp.floor(eps * n))
     return sizes >= min_size
 

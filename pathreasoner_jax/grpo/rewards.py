@@ -245,8 +245,9 @@ def entities_found(ids_bt: jax.Array, mask_bt: jax.Array, tables: TokenTables,
     ls = jnp.arange(1, lmax + 1)
     hit = (lex.keys_sorted_u[slot] == keys) & (lex.len_u[u] == ls)
     # verify the ids, so hash collisions with non-patterns can never match
-    same = (_windows(ids, lmax)[:, :, None, :] == lex.pat_ul[u]) | (jnp.arange(lmax) >= ls[:, None])
-    hit &= same.all(-1)
+    win = _windows(ids, lmax)
+    for j in range(lmax):  # one offset at a time: (B,T,L) live, not (B,T,L,L)
+        hit &= (win[:, :, j, None] == lex.pat_ul[u, j]) | (j >= ls)
     # word boundaries from the neighbouring tokens
     prev_last = jnp.pad(_lookup(tables.last_alnum_v, ids), ((0, 0), (1, 0)))[:, :t]
     next_first = _windows(_lookup(tables.first_alnum_v, ids), lmax + 1, fill=False)[:, :, 1:]  # [b,t,l-1] at t+l

@@ -68,6 +68,7 @@ class SFTStep:
     schedule: Callable
     grad_accum: int
     mesh: Mesh
+    filter: Callable
     loss_fn: Callable = sft_loss
 
     def loss_and_grads(self, trainable, frozen, batch, rng):
@@ -127,8 +128,9 @@ def init_opt_state(tx, trainable, mesh: Mesh):
 def make_sft_step(model, sft_cfg, lora_enabled: bool, mesh: Mesh, total_steps: int,
                   loss_fn: Callable = sft_loss):
     """Returns (SFTStep, trainable, frozen, opt_state) for `model` (already sharded)."""
-    graphdef, trainable, frozen = nnx.split(model, trainable_filter(sft_cfg, lora_enabled), ...)
+    is_trainable = trainable_filter(sft_cfg, lora_enabled)
+    graphdef, trainable, frozen = nnx.split(model, is_trainable, ...)
     tx, sched = make_optimizer(sft_cfg.lr, total_steps, sft_cfg.warmup_ratio, sft_cfg.weight_decay,
                                sft_cfg.grad_clip)
     opt_state = init_opt_state(tx, trainable, mesh)
-    return SFTStep(graphdef, tx, sched, sft_cfg.grad_accum, mesh, loss_fn), trainable, frozen, opt_state
+    return SFTStep(graphdef, tx, sched, sft_cfg.grad_accum, mesh, is_trainable, loss_fn), trainable, frozen, opt_state

@@ -1,0 +1,151 @@
+"""Knowledge-graph loaders (SPEC §4): PrimeKG `kg.csv`, PathoML OWL (RDF/XML) and the
+project's own pathology graph (JSON or YAML, see `demo/pathology_kg.json`).
+
+All three become a `KnowledgeGraph`: a networkx MultiDiGraph whose nodes are entity ids
+(attributes name, type, synonyms) and whose edges carry a `relation` label, so parallel
+relations between the same two entities are all kept.
+
+Entity types are normalised to the linker's vocabulary: diagnosis, finding, anatomy,
+stage, concept (PrimeKG: disease → diagnosis, effect/phenotype → finding; other
+PrimeKG types such as gene/protein or drug are kept as they are).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from pathreasoner_jax.cli import UserError
+
+DEMO_KG = os.path.join(os.path.dirname(__file__), "demo", "pathology_kg.json")
+PRIMEKG_COLUMNS = ("relation", "display_relation", "x_index", "x_id", "x_type", "x_name", "x_source",
+                   "y_index", "y_id", "y_type", "y_name", "y_source")
+_PRIMEKG_TYPES = {"disease": "diagnosis", "effect/phenotype": "finding", "anatomy": "anatomy"}
+
+
+@dataclass
+class KnowledgeGraph:
+    graph: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
+    source: str = ""
+    _undirected: nx.Graph | None = None
+
+    def add_entity(self, node: str, name: str, type_: str, synonyms=()) -> None:
+        if node in self.graph:
+            syn = self.graph.nodes[node]["synonyms"]
+            syn.extend(s for s in synonyms if s not in syn and s != name)
+            return
+        self.graph.add_node(node, name=name, type=type_, synonyms=[s for s in dict.fromkeys(synonyms) if s != name])
+
+    def add_relation(self, head: str, relation: str, tail: str) -> None:
+        # the relation label is also the edge key: the same labelled edge twice is one edge
+        self.graph.add_edge(head, tail, key=relation, relation=relation)
+        self._undirected = None
+
+    def name(self, node: str) -> str:
+        return self.graph.nodes[node]["name"]
+
+    def type(self, node: str) -> str:
+        return self.graph.nodes[node]["type"]
+
+    def synonyms(self, node: str) -> list[str]:
+        return self.graph.nodes[node]["synonyms"]
+
+    def nodes_by_name(self) -> dict[str, str]:
+        """canonical name → node id (first node wins when two share a name)."""
+        out: dict[str, str] = {}
+        for n, d in self.graph.nodes(data=True):
+            out.setdefault(d["name"], n)
+        return out
+
+    def undirected(self) -> nx.Graph:
+        """Simple undirected view used for shortest paths and similarity (cached)."""
+        if self._undirected is None:
+            g = nx.Graph()
+            g.add_nodes_from(self.graph.nodes)
+            g.add_edges_from((u, v) for u, v in self.graph.edges() if u != v)
+            self._undirected = g
+        return self._undirected
+
+    def relations_between(self, u: str, v: str) -> list[tuple[str, bool]]:
+        """Every relation label between u and v: (label, True) for u→v, (label, False) for v→u."""
+        fwd = sorted(self.graph[u][v]) if self.graph.has_edge(u, v) else []
+        bwd = sorted(self.graph[v][u]) if self.graph.has_edge(v, u) else []
+        return [(r, True) for r in fwd] + [(r, False) for r in bwd]
+
+
+def load_pathology_graph(path: str) -> KnowledgeGraph:
+    """{"entities": [{name, type, synonyms, id?}], "relations": [{head, relation, tail}]}
+    (heads/tails by id or canonical name); .json, .yaml or .yml."""
+    try:
+        with open(path) as f:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+                data = yaml.safe_load(f)
+            else:
+                data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: knowledge graph file not found") from None
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: not a readable pathology graph ({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict) or "entities" not in data:
+        raise UserError(f"{path}: pathology graph needs an 'entities' list (and 'relations')")
+    kg = KnowledgeGraph(source=path)
+    alias = {}
+    for i, e in enumerate(data["entities"]):
+        if not isinstance(e, dict) or not e.get("name") or not e.get("type"):
+            raise UserError(f"{path}: entity #{i} needs a name and a type")
+        node = str(e.get("id", e["name"]))
+        kg.add_entity(node, e["name"], e["type"], e.get("synonyms", []))
+        alias[e["name"]] = node
+    for i, r in enumerate(data.get("relations", [])):
+        try:
+            h, t = alias.get(r["head"], r["head"]), alias.get(r["tail"], r["tail"])
+            label = r["relation"]
+        except (KeyError, TypeError):
+            raise UserError(f"{path}: relation #{i} needs head, relation and tail") from None
+        if h not in kg.graph or t not in kg.graph:
+            raise UserError(f"{path}: relation #{i} names an unknown entity ({r['head']!r} or {r['tail']!r})")
+        kg.add_relation(h, label, t)
+    return kg
+
+
+def load_primekg_csv(path: str, max_rows: int = 0) -> KnowledgeGraph:
+    """PrimeKG kg.csv with the SPEC §4 columns; edge label = display_relation (or relation)."""
+    kg = KnowledgeGraph(source=path)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in PRIMEKG_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path}: PrimeKG file lacks column(s) {', '.join(missing)}")
+            for i, row in enumerate(reader):
+                if max_rows and i >= max_rows:
+                    break
+                ends = []
+                for s in ("x", "y"):
+                    node = f"primekg:{row[s + '_index']}"
+                    kg.add_entity(node, row[s + "_name"], _PRIMEKG_TYPES.get(row[s + "_type"], row[s + "_type"]))
+                    ends.append(node)
+                kg.add_relation(ends[0], row["display_relation"] or row["relation"], ends[1])
+    except FileNotFoundError:
+        raise UserError(f"{path}: knowledge graph file not found") from None
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable CSV ({e})") from None
+    return kg
+
+
+def load_kg(path: str, fmt: str = "pathology") -> KnowledgeGraph:
+    """fmt: pathology | primekg | pathoml; an empty path means the demo pathology graph."""
+    if fmt == "pathology":
+        return load_pathology_graph(path or DEMO_KG)
+    if not path:
+        raise UserError(f"data.kg_path is required for kg_format {fmt!r}")
+    if fmt == "primekg":
+        return load_primekg_csv(path)
+    if fmt == "pathoml":
+        from data_prep.kg_owl import load_pathoml_owl
+        return load_pathoml_owl(path)
+    raise UserError(f"unknown kg_format {fmt!r} (pathology | primekg | pathoml)")

@@ -1,0 +1,62 @@
+"""What every stage needs first: config paths, tokenizer, special ids, resolved model
+config, mesh — and the model built (optionally from a checkpoint) in its shardings."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from pathreasoner_jax import distributed
+from pathreasoner_jax.config import Config, ModelConfig
+from pathreasoner_jax.tokenizer import SpecialIds, load_tokenizer, special_ids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    cfg: Config
+    tokenizer: object
+    ids: SpecialIds
+    model_cfg: ModelConfig
+    mesh: object
+
+    @property
+    def run_dir(self) -> str:
+        return self.cfg.run_dir
+
+    @property
+    def prep_dir(self) -> str:
+        return prep_dir(self.cfg)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.run_dir, *parts)
+
+    def build_model(self, seed: int | None = None):
+        from pathreasoner_jax.models.factory import create_model
+        from pathreasoner_jax.sharding import use_mesh
+        with use_mesh(self.mesh):
+            return create_model(self.model_cfg, self.ids.image, self.mesh,
+                                self.cfg.run.seed if seed is None else seed)
+
+
+def prep_dir(cfg: Config) -> str:
+    return cfg.data.prep_dir or os.path.join(cfg.run_dir, "prep")
+
+
+def tokenizer_dir(cfg: Config) -> str:
+    return cfg.model.tokenizer_path or cfg.model.llm.hf_path or os.path.join(prep_dir(cfg), "tokenizer")
+
+
+def setup(cfg: Config) -> Runtime:
+    distributed.initialize(cfg.mesh)
+    from pathreasoner_jax.models.factory import resolve_model_config
+    from pathreasoner_jax.sharding import mesh_from_config
+
+    tdir = tokenizer_dir(cfg)
+    if not os.path.isdir(tdir):
+        raise FileNotFoundError(f"{tdir}: tokenizer directory does not exist (run `pathreasoner prepare` "
+                                f"first, or set model.tokenizer_path)")
+    tok = load_tokenizer(tdir)
+    model_cfg = resolve_model_config(cfg.model, vocab_size=len(tok))
+    return Runtime(cfg, tok, special_ids(tok), model_cfg, mesh_from_config(cfg.mesh))

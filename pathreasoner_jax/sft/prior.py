@@ -1,0 +1,98 @@
+"""Entity-drop Δ per pseudo-bag cluster → the prior cache (SPEC §5; reference defect 7).
+
+For a training sample and cluster c, Δ_c = (loss on the target's KG-entity tokens with
+the patches of cluster c removed) − (that loss with the full slide), from forward passes
+of the current model: one batch holds the full slide and the K occluded variants. A
+slide's Δ is the mean over its training samples (at most `max_samples_per_slide`), and
+its prior is p = μ·softmax(Δ/τ) + (1−μ)·uniform over eligible clusters. Written as npz
+(`prior::<slide_id>`, `cluster_ids::<slide_id>`, `delta::<slide_id>`, `__meta__` JSON
+bytes) under a temporary name, then renamed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from pathreasoner_jax.data.encode import Example, ExampleEncoder, collate, evenly_spaced_patches
+from pathreasoner_jax.data.prior import pseudo_bag_prior
+from pathreasoner_jax.models.vlm import token_logprobs
+from pathreasoner_jax.records import trajectory_spans
+
+
+@nnx.jit
+def per_row_entity_loss(model, batch):
+    """(B,) mean NLL over each row's weighted (entity) target tokens; nan where none."""
+    hidden, valid = model(batch["ids"], batch["text_valid"], batch["features"], batch["patch_valid"], model.ctx())
+    logp = token_logprobs(model.llm, hidden, batch["targets"])
+    w = batch["loss_weight"] * valid
+    return -jnp.sum(logp * w, 1) / jnp.sum(w, 1)
+
+
+def entity_weights(encoder: ExampleEncoder, sample, lexicon) -> tuple[list[int], list[float]]:
+    """Target tokens with weight 1 on KG-entity mentions of the trajectory, else 0."""
+    text, _ = trajectory_spans(sample.findings, sample.reasoning, sample.answer)
+    spans = [(m.start, m.end) for m in lexicon.find(text)]
+    enc = encoder.tok(text + "<|im_end|>", add_special_tokens=False, return_offsets_mapping=True)
+    w = [1.0 if any(a < e and b > s for s, e in spans) else 0.0 for a, b in enc["offset_mapping"]]
+    return list(enc["input_ids"]), w
+
+
+def slide_deltas(model, encoder, sample, slide, lexicon, num_clusters, length_buckets, pad_id):
+    """(K,) Δ for one sample, or None when its target mentions no KG entity."""
+    tgt, w = entity_weights(encoder, sample, lexicon)
+    if not any(w):
+        return None
+    variants, slides = [], []
+    all_idx = np.arange(slide.num_patches)
+    for c in [-1] + list(range(num_clusters)):
+        keep = all_idx if c < 0 else all_idx[slide.cluster_ids != c]
+        if len(keep) == 0:
+            keep = all_idx
+        idx = evenly_spaced_patches(slide.coords, keep, encoder.sample_num)
+        prompt = encoder.prompt_ids(sample.question, len(idx))
+        variants.append(Example(np.asarray(prompt + tgt, np.int32), np.asarray([0.0] * len(prompt) + w, np.float32),
+                                idx, len(prompt)))
+        slides.append(slide)
+    batch, _ = collate(variants, slides, length_buckets, encoder.sample_num, pad_id)
+    losses = np.asarray(per_row_entity_loss(model, {k: jnp.asarray(v) for k, v in batch.items()}))
+    return losses[1:] - losses[0]
+
+
+def compute_prior_cache(model, encoder, samples, slides, lexicon, sft_cfg, num_clusters, length_buckets, pad_id,
+                        out_path: str, max_samples_per_slide: int = 4, progress: bool = True) -> dict:
+    by_slide = defaultdict(list)
+    for i in range(len(samples)):
+        s = samples[i]
+        if len(by_slide[s.slide_id]) < max_samples_per_slide:
+            by_slide[s.slide_id].append(s)
+    arrays, stats = {}, {"slides": 0, "skipped_no_entity": 0}
+    for slide_id, group in tqdm(sorted(by_slide.items()), desc="prior", disable=not progress):
+        slide = slides[slide_id]
+        deltas = [d for d in (slide_deltas(model, encoder, s, slide, lexicon, num_clusters, length_buckets, pad_id)
+                              for s in group) if d is not None]
+        if not deltas:
+            stats["skipped_no_entity"] += 1
+            continue
+        delta = np.mean(deltas, 0)
+        sizes = np.bincount(slide.cluster_ids, minlength=num_clusters)[:num_clusters]
+        prior = np.asarray(pseudo_bag_prior(delta, sizes, sft_cfg.prior_mu, sft_cfg.prior_tau, sft_cfg.prior_eps))
+        arrays[f"prior::{slide_id}"] = prior.astype(np.float64)
+        arrays[f"cluster_ids::{slide_id}"] = slide.cluster_ids.astype(np.int32)
+        arrays[f"delta::{slide_id}"] = delta.astype(np.float32)
+        stats["slides"] += 1
+    meta = {"mu": sft_cfg.prior_mu, "tau": sft_cfg.prior_tau, "eps": sft_cfg.prior_eps,
+            "num_clusters": num_clusters, **stats}
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        tmp = out_path + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, out_path)
+    return meta
