@@ -3,8 +3,8 @@
 All shortest paths in the undirected view of the KG (relations may be read against
 their direction: "X is characteristic of D" links D back to X), at most `max_paths`
 (50) per pair; ranked by a hub penalty, Σ log(1 + degree) over the intermediate nodes,
-so paths through specific concepts beat paths through hubs; the top `top_k` (3) are
-kept. Each hop keeps every relation between its two nodes (parallel relations and
+so paths through specific concepts beat paths through hubs (plus a small penalty for
+passing through an anatomy/stage node); the top `top_k` (3) are kept. Each hop keeps every relation between its two nodes (parallel relations and
 both directions).
 """
 from __future__ import annotations
@@ -30,8 +30,18 @@ class KGPath:
         return [kg.name(n) for n in self.nodes]
 
 
+CONTEXT_TYPES = ("anatomy", "stage")
+
+
 def hub_penalty(g: nx.Graph, nodes) -> float:
     return float(sum(math.log1p(g.degree(n)) for n in nodes[1:-1]))
+
+
+def path_score(kg: KnowledgeGraph, nodes) -> float:
+    """Hub penalty plus 0.5 per intermediate anatomy/stage node (ours): a path through a
+    shared site ("X is located in the colon") explains less than one through a concept."""
+    g = kg.undirected()
+    return hub_penalty(g, nodes) + 0.5 * sum(kg.type(n) in CONTEXT_TYPES for n in nodes[1:-1])
 
 
 def find_paths(kg: KnowledgeGraph, source: str, target: str, max_paths: int = 50, top_k: int = 3) -> list[KGPath]:
@@ -46,7 +56,7 @@ def find_paths(kg: KnowledgeGraph, source: str, target: str, max_paths: int = 50
     paths = []
     for nodes in raw:
         hops = tuple(tuple(kg.relations_between(u, v)) for u, v in zip(nodes, nodes[1:]))
-        paths.append(KGPath(tuple(nodes), hops, hub_penalty(g, nodes)))
+        paths.append(KGPath(tuple(nodes), hops, path_score(kg, nodes)))
     # ties broken by names so the choice does not depend on graph insertion order
     paths.sort(key=lambda p: (p.penalty, [kg.name(n) for n in p.nodes]))
     return paths[:top_k]
@@ -59,8 +69,8 @@ _PHRASES = {"indicates": "indicates", "characteristic_of": "is characteristic of
 
 
 def _plural(name: str) -> bool:
-    last = name.split()[-1] if name.split() else ""
-    return last.endswith("s") and not last.endswith(("ss", "sis", "us"))
+    last = name.split()[-1].lower() if name.split() else ""
+    return (last.endswith("s") and not last.endswith(("ss", "sis", "us"))) or last.endswith("i")  # nuclei
 
 
 def relation_phrase(label: str, plural: bool = False) -> str:

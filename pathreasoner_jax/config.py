@@ -207,6 +207,19 @@ class RunConfig:
 
 
 @dataclass
+class BenchConfig:
+    """`pathreasoner bench` knobs; 0 means "from the rest of the config" (see pathreasoner_jax/bench.py)."""
+    batch: int = 0  # sft: rows per step (0: sft.batch_size); rollout: prompts (0: grpo.prompts_per_step)
+    seq_len: int = 0  # sft row / rollout prompt length incl. slide tokens (0: slide_tokens + 64 / + 32)
+    slide_tokens: int = 0  # patches per slide = image tokens per row (0: data.sample_num)
+    group_size: int = 0  # rollout completions per prompt (0: grpo.group_size)
+    new_tokens: int = 0  # rollout tokens per completion (0: grpo.max_new_tokens)
+    warmup: int = 2  # untimed calls per side (the first compiles)
+    repeats: int = 5  # timed calls per side; the report gives the median
+    rewards_batch_sizes: list[int] = field(default_factory=lambda: [64, 256, 1024])
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -216,6 +229,7 @@ class Config:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     @property
     def run_dir(self) -> str:

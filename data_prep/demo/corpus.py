@@ -72,9 +72,9 @@ def write_report(cls: str, rng: random.Random, synonyms: dict[str, list[str]]) -
     return "\n".join(lines)
 
 
-def _make_slide(path: str, cls: str, seed: int, i: int) -> None:
+def _make_slide(path: str, cls: str, seed: int, i: int, sizes: tuple[int, int] = (1536, 2560)) -> None:
     rng = np.random.default_rng([seed, i])
-    w, h = (int(v) for v in rng.choice(np.arange(1536, 2561, 256), 2))
+    w, h = (int(v) for v in rng.choice(np.arange(sizes[0], sizes[1] + 1, 256), 2))
     img = render(cls, (w, h), rng, coverage=float(rng.uniform(0.45, 0.65)))
     mpp = 0.5
     if i % 6 == 5:  # a 40× scan: level 0 at 0.25 µm/px; the 20× view is pyramid level 1
@@ -85,12 +85,15 @@ def _make_slide(path: str, cls: str, seed: int, i: int) -> None:
 
 
 def generate_demo_corpus(out_dir: str, num_slides: int = 48, seed: int = 0, kg_path: str = "",
-                         cmu_slide: str = "", workers: int = 2) -> dict:
-    """→ {"slides_dir", "reports_path", "labels": {slide_id: class}}; reuses a complete corpus."""
+                         cmu_slide: str = "", workers: int = 2, sizes: tuple[int, int] = (1536, 2560)) -> dict:
+    """→ {"slides_dir", "reports_path", "labels": {slide_id: class}}; reuses a complete corpus.
+
+    sizes: (min, max) level-0 side at 20× in px (multiples of 256; tests use small ones)."""
     from data_prep.kg import DEMO_KG, load_pathology_graph
 
     marker = os.path.join(out_dir, "corpus.json")
-    want = {"version": CORPUS_VERSION, "num_slides": num_slides, "seed": seed, "cmu": bool(cmu_slide)}
+    want = {"version": CORPUS_VERSION, "num_slides": num_slides, "seed": seed, "cmu": bool(cmu_slide),
+            "sizes": list(sizes)}
     if os.path.isfile(marker):
         with open(marker) as f:
             done = json.load(f)
@@ -108,7 +111,7 @@ def generate_demo_corpus(out_dir: str, num_slides: int = 48, seed: int = 0, kg_p
         labels[sid] = cls
         reports.append({"slide_id": sid, "report": write_report(cls, random.Random(f"{seed}:{i}"), synonyms)})
         if not os.path.isfile(path):
-            jobs.append((path, cls, seed, i))
+            jobs.append((path, cls, seed, i, tuple(sizes)))
     with ThreadPoolExecutor(max(1, workers)) as ex:
         list(ex.map(lambda j: _make_slide(*j), jobs))
     if cmu_slide:

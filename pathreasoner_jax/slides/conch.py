@@ -98,12 +98,12 @@ class ConchVisual(nnx.Module):
         t = self.patch_embed(x)  # (B, g, g, W)
         b = t.shape[0]
         t = t.reshape(b, -1, c.width)
-        t = jnp.concatenate([jnp.broadcast_to(self.cls_token.value, (b, 1, c.width)), t], 1)
-        t = t + self.pos_embed.value
+        t = jnp.concatenate([jnp.broadcast_to(self.cls_token[...], (b, 1, c.width)), t], 1)
+        t = t + self.pos_embed[...]
         for blk in self.blocks:
             t = blk(t)
         t = self.ln_k(self.norm(t))
-        q = self.ln_q(self.query.value)  # (Q, d)
+        q = self.ln_q(self.query[...])  # (Q, d)
         hd = c.embed_dim // c.pooler_heads
         qh = self.q_proj(q).reshape(1, -1, c.pooler_heads, hd).repeat(b, 0)
         kh = self.k_proj(t).reshape(b, -1, c.pooler_heads, hd)
@@ -147,9 +147,9 @@ def config_from_state(sd: dict[str, np.ndarray], heads: int | None = None, poole
 
 
 def _set(param, value: np.ndarray, name: str) -> None:
-    if tuple(param.value.shape) != tuple(value.shape):
-        raise UserError(f"CONCH weight {name}: shape {value.shape}, expected {param.value.shape}")
-    param.value = jnp.asarray(value)
+    if tuple(param.get_value().shape) != tuple(value.shape):
+        raise UserError(f"CONCH weight {name}: shape {value.shape}, expected {param.get_value().shape}")
+    param.set_value(jnp.asarray(value))
 
 
 def load_conch(path: str, heads: int | None = None, pooler_heads: int = 8) -> ConchVisual:

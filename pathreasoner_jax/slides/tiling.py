@@ -50,7 +50,13 @@ def read_thumbnail(slide, downsample: float) -> np.ndarray:
     w0, h0 = slide.dimensions
     size = (max(1, round(w0 / downsample)), max(1, round(h0 / downsample)))
     level = slide.get_best_level_for_downsample(downsample * 1.001)
+    assoc = slide.associated_images.get("thumbnail") if "thumbnail" in slide.associated_images else None
     lw, lh = slide.level_dimensions[level]
+    # a vendor thumbnail of the same aspect ratio, finer than needed but much smaller than
+    # the best pyramid level (single-level scans), saves decoding the whole slide
+    if assoc is not None and assoc.width >= size[0] and assoc.width * assoc.height < lw * lh \
+            and abs(assoc.width / assoc.height - w0 / h0) < 0.01 * (w0 / h0):
+        return np.asarray(Image.fromarray(to_rgb(assoc)).resize(size, Image.BILINEAR))
     img = to_rgb(slide.read_region((0, 0), level, (lw, lh)))
     if (lw, lh) != size:
         img = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
@@ -62,6 +68,8 @@ def to_rgb(region) -> np.ndarray:
     (transparent = outside the scanned area, which is background, not tissue)."""
     a = np.asarray(region)
     if a.ndim == 3 and a.shape[-1] == 4:
+        if a[..., 3].min() == 255:  # fully opaque: the common case inside the scan area
+            return np.ascontiguousarray(a[..., :3])
         alpha = a[..., 3:4].astype(np.float32) / 255.0
         return (a[..., :3] * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
     return np.asarray(region.convert("RGB"))

@@ -1,0 +1,1 @@
+"""Benchmarks against PyTorch baselines (`pathreasoner bench`); results in benchmarks/results/."""

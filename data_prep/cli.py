@@ -1,0 +1,112 @@
+"""Front-ends of `pathreasoner prepare` and `pathreasoner features` (routed here by
+`pathreasoner_jax.cli`).
+
+Exit codes: 0 when at least one slide succeeded (bad inputs are reported one line each
+and recorded in the manifest), 1 when nothing succeeded, 2 for a usage/config error
+(raised as UserError and printed by the CLI without a traceback).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.config import load_config
+
+
+def _lazy_encoder(name: str, weights: str):
+    holder = {}
+
+    def get():
+        if "enc" not in holder:
+            from pathreasoner_jax.slides.encoders import build_encoder
+            holder["enc"] = build_encoder(name, weights)
+        return holder["enc"]
+    return get
+
+
+def _logging():
+    logging.basicConfig(level=logging.WARNING, format="pathreasoner: %(levelname)s: %(message)s")
+
+
+def run_prepare(args) -> int:
+    _logging()
+    cfg = load_config(args.config, getattr(args, "overrides", []))
+    return prepare(cfg, num_workers=args.num_workers, worker_index=args.worker_index,
+                   merge_only=args.merge, force=args.force)
+
+
+def prepare(cfg, num_workers: int = 1, worker_index: int = -1, merge_only: bool = False, force: bool = False) -> int:
+    """Library entry point of `prepare` (tests and the bench call it directly)."""
+    from data_prep.inputs import resolve_inputs
+    from data_prep.kg import load_kg
+    from data_prep.linking import EntityLinker
+    from data_prep.pipeline import merge, run_part, say
+    from data_prep.reference import import_conversations
+    from data_prep.sample_stage import SampleContext
+    from data_prep.splits import assign_splits
+    from data_prep.trajectories import SampleError, analyse_report
+    from data_prep.writers import WriterError, build_writer
+
+    t0 = time.time()
+    n = max(1, int(num_workers))
+    if worker_index >= n:
+        raise UserError(f"--worker-index {worker_index} is not below --num-workers {n}")
+    inp = resolve_inputs(cfg)
+    os.makedirs(inp.prep_dir, exist_ok=True)
+    kg = load_kg(inp.kg_path, inp.kg_format)
+    linker = EntityLinker(kg, fuzzy_threshold=float(getattr(cfg.data, "fuzzy_threshold", 0.88)))
+    config_hash = cfg.fingerprint("data")
+    ctx = None
+    if inp.reports:
+        try:
+            writer = build_writer(cfg.data)
+        except WriterError as e:
+            raise UserError(str(e)) from None
+        ctx = SampleContext(kg, linker, writer, augment=int(cfg.data.augment_per_sample),
+                            max_paths=int(getattr(cfg.data, "max_paths_per_pair", 50)),
+                            top_k=int(getattr(cfg.data, "paths_top_k", 3)), reports_path=inp.reports_path,
+                            kg_hash=_file_hash(kg.source))
+    reference, ref_fail = [], []
+    if inp.reference_path:
+        reference, ref_fail = import_conversations(inp.reference_path, linker)
+    labels = {}
+    for sid, rep in inp.reports.items():
+        lab = ""
+        if len(inp.reports) <= int(getattr(cfg.data, "stratify_max", 5000)):
+            try:
+                lab = kg.name(analyse_report(linker, rep["report"], rep.get("diagnosis", "")).diagnosis)
+            except SampleError:
+                pass
+        labels[sid] = lab
+    splits = assign_splits(labels, cfg.data.splits, cfg.run.seed)
+    get_encoder = _lazy_encoder(cfg.data.encoder, cfg.data.encoder_weights)
+    if not merge_only:
+        parts = range(n) if worker_index < 0 else [worker_index]
+        for part in parts:
+            m = run_part(inp, cfg, ctx, splits, part, n, config_hash, get_encoder, force, reference)
+            say(f"part {part + 1}/{n}: {len(m['slides_ok'])} slides ok, {len(m['slides_failed'])} failed")
+    if merge_only or worker_index < 0 or n == 1:
+        man = merge(inp, cfg, kg, n, config_hash, reference, ref_fail)
+        c = man["counts"]
+        say(f"{c['slides_ok']} slides ok, {c['slides_failed']} failed, samples {c['samples']}, "
+            f"{c['samples_failed']} sample(s) skipped → {inp.prep_dir}/manifest.json ({time.time() - t0:.1f}s)")
+        return 0 if c["slides_ok"] else 1
+    return 0
+
+
+def _file_hash(path: str) -> str:
+    import hashlib
+    if not path or not os.path.isfile(path):
+        return ""
+    st = os.stat(path)
+    return hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def run_features(args) -> int:
+    _logging()
+    from data_prep.features import extract_folder
+    return extract_folder(args.slides, args.out, encoder=args.encoder, weights=args.encoder_weights,
+                          magnification=args.magnification, patch_size=args.patch_size,
+                          num_workers=args.num_workers, worker_index=args.worker_index)

@@ -1,0 +1,58 @@
+"""`prep/entities.json`: the KG lexicon the library reads (rewards, metrics) without
+importing data_prep.
+
+{"entities": [{"name", "type", "synonyms"}], "similarity": [[i, j, s], ...]} with i < j
+(symmetric), s = 0.5 ** (d − 1) for graph distance d ∈ {1, 2, 3} in the undirected KG,
+and s = 1 for two entries that share a name. Pairs further apart are absent (s = 0).
+For large graphs (PrimeKG) only the corpus entities are BFS sources and each keeps its
+`max_similar` nearest neighbours, so the file stays small.
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from data_prep.kg import KnowledgeGraph
+from pathreasoner_jax.slides.fileio import write_json
+
+MAX_DISTANCE = 3
+
+
+def similarity(d: int) -> float:
+    return 0.5 ** (d - 1)
+
+
+def build_entities(kg: KnowledgeGraph, corpus_entities: set[str] | None = None, max_full: int = 20000,
+                   max_similar: int = 512) -> dict:
+    nodes = sorted(kg.graph.nodes, key=lambda n: (kg.name(n), n))
+    index = {n: i for i, n in enumerate(nodes)}
+    entities = [{"name": kg.name(n), "type": kg.type(n), "synonyms": list(kg.synonyms(n))} for n in nodes]
+    g = kg.undirected()
+    if len(nodes) <= max_full or not corpus_entities:
+        sources = nodes
+    else:
+        sources = [n for n in nodes if kg.name(n) in corpus_entities]
+    pairs: dict[tuple[int, int], float] = {}
+    for src in sources:
+        dist = nx.single_source_shortest_path_length(g, src, cutoff=MAX_DISTANCE)
+        near = sorted(((d, index[n]) for n, d in dist.items() if n != src), key=lambda t: t)[:max_similar]
+        for d, j in near:
+            i = index[src]
+            key = (min(i, j), max(i, j))
+            pairs[key] = max(pairs.get(key, 0.0), similarity(d))
+    by_name: dict[str, list[int]] = {}
+    for i, e in enumerate(entities):
+        by_name.setdefault(e["name"].lower(), []).append(i)
+    for ids in by_name.values():
+        for a in ids:
+            for b in ids:
+                if a < b:
+                    pairs[(a, b)] = 1.0
+    sim = [[i, j, round(s, 6)] for (i, j), s in sorted(pairs.items())]
+    return {"entities": entities, "similarity": sim, "max_distance": MAX_DISTANCE,
+            "formula": "0.5 ** (d - 1)", "kg_source": kg.source}
+
+
+def write_entities(path: str, kg: KnowledgeGraph, corpus_entities: set[str] | None = None) -> dict:
+    data = build_entities(kg, corpus_entities)
+    write_json(path, data)
+    return data

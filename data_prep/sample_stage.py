@@ -1,0 +1,90 @@
+"""Per-slide samples with a resumable cache: report → linked evidence → KG paths →
+writer (+ augmentation) → quality filter → SampleRecords, cached atomically as
+`<out>/<slide_id>.json` so a rerun never calls the reasoning endpoint twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from pathreasoner_jax.records import SampleRecord
+from pathreasoner_jax.slides.fileio import remove_stale_tmp, write_json
+from data_prep.kg import KnowledgeGraph
+from data_prep.linking import EntityLinker
+from data_prep.trajectories import (SampleError, analyse_report, make_inputs, quality_problem, ranked_paths,
+                                    sample_entities)
+from data_prep.writers import WriterError
+
+
+@dataclass
+class SampleContext:
+    kg: KnowledgeGraph
+    linker: EntityLinker
+    writer: object  # TemplateWriter | OpenAIWriter
+    augment: int = 2
+    max_paths: int = 50
+    top_k: int = 3
+    reports_path: str = ""
+    kg_hash: str = ""
+
+
+def _key(ctx: SampleContext, report: dict, split: str) -> str:
+    blob = json.dumps([report, split, ctx.augment, ctx.max_paths, ctx.top_k, ctx.writer.name, ctx.kg_hash,
+                       getattr(ctx.writer, "model", "")], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def samples_for(slide_id: str, report: dict, split: str, ctx: SampleContext, out_dir: str,
+                force: bool = False) -> tuple[list[SampleRecord], list[dict], str]:
+    """→ (samples, failures [{slide_id, sample, error}], diagnosis label or "")."""
+    out = os.path.join(out_dir, slide_id + ".json")
+    remove_stale_tmp(out)
+    key = _key(ctx, report, split)
+    if os.path.isfile(out) and not force:
+        try:
+            with open(out) as f:
+                cached = json.load(f)
+            if cached.get("key") == key:
+                return [SampleRecord(**s) for s in cached["samples"]], cached["failures"], cached["label"]
+        except (ValueError, KeyError, TypeError):
+            pass
+    samples, failures, label = _build(slide_id, report, split, ctx)
+    write_json(out, {"key": key, "label": label, "failures": failures,
+                     "samples": [dataclasses.asdict(s) for s in samples]})
+    return samples, failures, label
+
+
+def _build(slide_id: str, report: dict, split: str, ctx: SampleContext):
+    where = f"report for slide {slide_id}" + (f" ({ctx.reports_path})" if ctx.reports_path else "")
+    try:
+        ev = analyse_report(ctx.linker, report["report"], report.get("diagnosis", ""))
+        paths = ranked_paths(ctx.kg, ev, ctx.max_paths, ctx.top_k)
+    except SampleError as e:
+        return [], [{"slide_id": slide_id, "sample": f"{slide_id}::0", "error": f"{where}: {e}"}], ""
+    label = ctx.kg.name(ev.diagnosis)
+    # augmentation only for training: val/test keep one canonical trajectory per slide
+    inputs = make_inputs(ctx.kg, ev, paths, slide_id, report["report"], ctx.augment if split == "train" else 0)
+    trajs = ctx.writer.write_many([i for i, _ in inputs])
+    samples, failures, seen = [], [], set()
+    for (inp, question), traj in zip(inputs, trajs):
+        sid = inp.key
+        if isinstance(traj, WriterError):
+            failures.append({"slide_id": slide_id, "sample": sid, "error": f"{where}: {traj}"})
+            continue
+        problem = quality_problem(ctx.linker, traj, inp)
+        if problem:
+            failures.append({"slide_id": slide_id, "sample": sid, "error": f"{where}: quality filter: {problem}"})
+            continue
+        sig = (tuple(traj.findings), tuple(traj.reasoning), traj.answer)
+        if sig in seen:
+            continue  # an augmentation that came out identical to an earlier variant
+        seen.add(sig)
+        q = report.get("question") or question
+        samples.append(SampleRecord(sample_id=sid, slide_id=slide_id, split=split, question=q,
+                                    findings=traj.findings, reasoning=traj.reasoning, answer=traj.answer,
+                                    diagnosis=label, entities=sample_entities(ctx.linker, traj),
+                                    category="diagnosis"))
+    return samples, failures, label

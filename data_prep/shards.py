@@ -1,0 +1,36 @@
+"""array_record shard writing (atomic) and naming.
+
+Shard k of N is written by worker k only: `slides-0000k-of-0000N.array_record` and
+`samples-<split>-0000k-of-0000N.array_record`. Records go in a fixed order (slides by
+id, samples by id) with group_size 1 (cheap random access), so a rerun writes
+byte-identical files.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from pathreasoner_jax.slides.fileio import atomic_path, sha256_file
+
+WRITER_OPTIONS = "group_size:1"
+
+
+def shard_name(kind: str, part: int, num_parts: int) -> str:
+    """kind: "slides" or "samples-<split>"."""
+    return f"{kind}-{part:05d}-of-{num_parts:05d}.array_record"
+
+
+def write_shard(path: str, records: Iterable[bytes]) -> dict:
+    """Writes records atomically; → {"path": basename, "records": n, "sha256": hex}."""
+    n = 0
+    with atomic_path(path) as tmp:
+        w = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+        try:
+            for r in records:
+                w.write(r)
+                n += 1
+        finally:
+            w.close()
+    return {"path": os.path.basename(path), "records": n, "sha256": sha256_file(path)}

@@ -1,0 +1,167 @@
+"""Readers of a prepared corpus (`prep/`): manifest, slide store, sample store, entities.
+
+`SampleSource(prep_dir, split)` is a grain `RandomAccessDataSource` (len + getitem,
+picklable for grain worker processes): `grain.MapDataset.source(SampleSource(...))`.
+`SlideStore(prep_dir)[slide_id]` returns a `SlideRecord` by random access through the
+manifest's slide index. `load_entities(prep_dir)` reads the KG lexicon written by
+`prepare`, so rewards and metrics never import `data_prep`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pathreasoner_jax.records import SPLITS, SampleRecord, SlideRecord, decode_sample, decode_slide
+
+
+def load_manifest(prep_dir: str) -> dict:
+    path = os.path.join(prep_dir, "manifest.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no prepared corpus here (run `pathreasoner prepare` first)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _reader(path: str):
+    from array_record.python.array_record_module import ArrayRecordReader
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: shard listed in the manifest is missing")
+    return ArrayRecordReader(path, "readahead_buffer_size:0")
+
+
+def read_shard_record(path: str, row: int, kind: str = "sample"):
+    r = _reader(path)
+    try:
+        data = r.read([row])[0]
+    finally:
+        r.close()
+    return decode_slide(data) if kind == "slide" else decode_sample(data)
+
+
+def iter_samples_from_shards(prep_dir: str, names: list[str]):
+    for name in names:
+        r = _reader(os.path.join(prep_dir, name))
+        try:
+            for data in r.read_all():
+                yield decode_sample(data)
+        finally:
+            r.close()
+
+
+class SampleSource:
+    """grain RandomAccessDataSource over one split's sample shards → SampleRecord."""
+
+    def __init__(self, prep_dir: str, split: str = "train"):
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} not in {SPLITS}")
+        self.prep_dir, self.split = prep_dir, split
+        m = load_manifest(prep_dir)
+        self._paths = [os.path.join(prep_dir, s["path"]) for s in m["shards"]["samples"][split] if s["records"]]
+        self._counts = [s["records"] for s in m["shards"]["samples"][split] if s["records"]]
+        self._source = None
+
+    def _src(self):
+        if self._source is None:
+            import grain
+            self._source = grain.sources.ArrayRecordDataSource(self._paths) if self._paths else []
+        return self._source
+
+    def __len__(self) -> int:
+        return int(sum(self._counts))
+
+    def __getitem__(self, index: int) -> SampleRecord:
+        if not 0 <= int(index) < len(self):
+            raise IndexError(f"sample {index} out of range ({len(self)} in {self.split})")
+        return decode_sample(self._src()[int(index)])
+
+    def __getstate__(self):  # grain workers: reopen the files in the child process
+        d = dict(self.__dict__)
+        d["_source"] = None
+        return d
+
+    def __repr__(self) -> str:
+        return f"SampleSource({self.prep_dir!r}, {self.split!r}, n={len(self)})"
+
+
+class SlideStore:
+    """Random access by slide id over the slide shards (index from the manifest)."""
+
+    def __init__(self, prep_dir: str):
+        self.prep_dir = prep_dir
+        m = load_manifest(prep_dir)
+        self._shards = [os.path.join(prep_dir, s["path"]) for s in m["shards"]["slides"]]
+        self._index = {k: tuple(v) for k, v in m["slide_index"].items()}
+        self._readers: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, slide_id: str) -> bool:
+        return slide_id in self._index
+
+    def ids(self) -> list[str]:
+        return sorted(self._index)
+
+    def __getitem__(self, slide_id: str) -> SlideRecord:
+        if slide_id not in self._index:
+            raise KeyError(f"slide {slide_id!r} is not in the slide store of {self.prep_dir}")
+        shard, row = self._index[slide_id]
+        if shard not in self._readers:
+            self._readers[shard] = _reader(self._shards[shard])
+        return decode_slide(self._readers[shard].read([row])[0])
+
+    def close(self) -> None:
+        for r in self._readers.values():
+            r.close()
+        self._readers.clear()
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_readers"] = {}
+        return d
+
+
+@dataclass
+class Entities:
+    """KG lexicon: names[i], types[i], synonyms[i]; similarity {(i, j): s} symmetric."""
+    names: list[str]
+    types: list[str]
+    synonyms: list[list[str]]
+    similarity: dict[tuple[int, int], float] = field(default_factory=dict)
+
+    @property
+    def index(self) -> dict[str, int]:
+        """lower-case name or synonym → entity index (first wins)."""
+        out: dict[str, int] = {}
+        for i, (n, syn) in enumerate(zip(self.names, self.synonyms)):
+            for s in [n, *syn]:
+                out.setdefault(s.lower(), i)
+        return out
+
+    def sim(self, i: int, j: int) -> float:
+        return 1.0 if i == j else self.similarity.get((i, j), 0.0)
+
+    def sim_matrix(self) -> np.ndarray:
+        """(E, E) float32 dense similarity with 1 on the diagonal (small lexicons only)."""
+        n = len(self.names)
+        m = np.eye(n, dtype=np.float32)
+        for (i, j), s in self.similarity.items():
+            m[i, j] = s
+        return m
+
+
+def load_entities(prep_dir: str) -> Entities:
+    path = os.path.join(prep_dir, "entities.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no entity lexicon (run `pathreasoner prepare` first)")
+    with open(path) as f:
+        d = json.load(f)
+    sim = {}
+    for i, j, s in d.get("similarity", []):
+        sim[(int(i), int(j))] = float(s)
+        sim[(int(j), int(i))] = float(s)
+    ents = d["entities"]
+    return Entities([e["name"] for e in ents], [e["type"] for e in ents], [list(e.get("synonyms", [])) for e in ents], sim)
