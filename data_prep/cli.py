@@ -72,7 +72,10 @@ def prepare(cfg, num_workers: int = 1, worker_index: int = -1, merge_only: bool 
     if inp.reference_path:
         reference, ref_fail = import_conversations(inp.reference_path, linker)
     labels = {}
+    have = {it.slide_id for it in inp.items}
     for sid, rep in inp.reports.items():
+        if sid not in have:  # reports without a slide must not take val/test places
+            continue
         lab = ""
         if len(inp.reports) <= int(getattr(cfg.data, "stratify_max", 5000)):
             try:

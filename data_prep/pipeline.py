@@ -43,6 +43,9 @@ def run_part(inp: PrepInputs, cfg, ctx: SampleContext | None, splits: dict[str, 
         if done.get("config_hash") == config_hash:
             return done
     mine = [it for i, it in enumerate(inp.items) if i % n == part]
+    for kind in ["slides"] + [f"samples-{sp}" for sp in SPLITS]:  # leftovers of a killed run
+        remove_stale_tmp(os.path.join(inp.prep_dir, shard_name(kind, part, n)))
+    remove_stale_tmp(pp)
     settings = SlideSettings.from_config(cfg.data, progress=cfg.run.progress)
     feat_dir, samp_dir = os.path.join(inp.prep_dir, "features"), os.path.join(inp.prep_dir, "samples")
     ok, failed, warnings, sample_fail = [], [], [], []

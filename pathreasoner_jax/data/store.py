@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from pathreasoner_jax.records import SPLITS, SampleRecord, SlideRecord, decode_sample, decode_slide
@@ -124,13 +122,21 @@ class SlideStore:
         return d
 
 
-@dataclass
-class Entities:
-    """KG lexicon: names[i], types[i], synonyms[i]; similarity {(i, j): s} symmetric."""
-    names: list[str]
-    types: list[str]
-    synonyms: list[list[str]]
-    similarity: dict[tuple[int, int], float] = field(default_factory=dict)
+class Entities(dict):
+    """The entities.json mapping as loaded ({"entities": [...], "similarity": [[i, j, s]]}),
+    plus helpers: names/types/synonyms by index, `sim(i, j)` (symmetric, 1 on the
+    diagonal, 0 for pairs further than the KG distance cut-off) and `sim_matrix()`."""
+
+    def __init__(self, data: dict):
+        super().__init__(data)
+        ents = self["entities"]
+        self.names = [e["name"] for e in ents]
+        self.types = [e.get("type", "") for e in ents]
+        self.synonyms = [list(e.get("synonyms", [])) for e in ents]
+        self.similarity: dict[tuple[int, int], float] = {}
+        for i, j, s in self.get("similarity", []):
+            self.similarity[(int(i), int(j))] = float(s)
+            self.similarity[(int(j), int(i))] = float(s)
 
     @property
     def index(self) -> dict[str, int]:
@@ -154,14 +160,9 @@ class Entities:
 
 
 def load_entities(prep_dir: str) -> Entities:
+    """entities.json of a prepared corpus (see `data_prep.entities` for the format)."""
     path = os.path.join(prep_dir, "entities.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no entity lexicon (run `pathreasoner prepare` first)")
     with open(path) as f:
-        d = json.load(f)
-    sim = {}
-    for i, j, s in d.get("similarity", []):
-        sim[(int(i), int(j))] = float(s)
-        sim[(int(j), int(i))] = float(s)
-    ents = d["entities"]
-    return Entities([e["name"] for e in ents], [e["type"] for e in ents], [list(e.get("synonyms", [])) for e in ents], sim)
+        return Entities(json.load(f))

@@ -86,7 +86,7 @@ def bench_rewards(batch_sizes: Sequence[int] = (64, 256, 1024), tok=None, seq_le
 
     results = []
     for b in batch_sizes:
-        texts, refs = _demo_texts(random.Random(seed + b), b, words_per_block=seq_len // 12)
+        texts, refs = _demo_texts(random.Random(seed + b), b, words_per_block=seq_len // 8)
         ids = np.full((b, seq_len), sid.pad, np.int32)
         mask = np.zeros((b, seq_len), np.int32)
         for i, t in enumerate(texts):

@@ -41,7 +41,7 @@ Rules (the twins implement the same ones on text):
   Nested and overlapping mentions all count ("lobular carcinoma" also mentions "carcinoma").
 * Entity reward: Dice with the soft KG term, capped at 1, 0 when P and G are both empty.
 * `rouge`: ROUGE-L F1 = 2·LCS/(n_answer + n_reference) over token ids of the answer
-  span and the reference, whitespace tokens excluded on both sides; 0 when LCS = 0.
+  span and the reference (0 without an answer span), whitespace tokens excluded on both sides; 0 when LCS = 0.
 * total = format + semantic + alpha·entity.
 """
 from __future__ import annotations
@@ -75,16 +75,13 @@ class TokenTables:
 class EntityLexicon:
     """Surface forms compiled to unique token-id patterns, with a hash index for lookup.
 
-    U patterns of at most `max_len` ids; `keys_u` are per-pattern hashes (unique by
-    construction), sorted, with `order_u` mapping a sorted slot back to its pattern.
+    U patterns of at most `max_len` ids, stored in the order of their hash keys (unique by
+    construction), so a binary search over `keys_u` gives the pattern index directly.
     """
     pat_ul: jax.Array          # (U, Lmax) int32, -1 padded
-    len_u: jax.Array           # (U,) int32
+    meta_u: jax.Array          # (U,) int32: length | first char alnum << 8 | last char alnum << 9
     ent_uk: jax.Array          # (U, K) int32 entity indices, -1 padded (a pattern may name several)
-    first_alnum_u: jax.Array   # (U,) bool: the variant text starts with an alphanumeric char
-    last_alnum_u: jax.Array    # (U,) bool
-    keys_sorted_u: jax.Array   # (U,) uint32
-    order_u: jax.Array         # (U,) int32
+    keys_u: jax.Array          # (U,) uint32, ascending
     num_entities: int = struct.field(pytree_node=False)
     max_len: int = struct.field(pytree_node=False)
     seed: int = struct.field(pytree_node=False)
@@ -171,6 +168,8 @@ def compile_lexicon(tok, surfaces: Sequence[tuple[str, int]], num_entities: int,
         pat_edges[(-2,)] = (False, False)
     pats = sorted(pat_ents)
     u, lmax = len(pats), max(len(p) for p in pats)
+    if lmax > 255:
+        raise ValueError("a surface form longer than 255 tokens")
     k = max(1, max(len(s) for s in pat_ents.values()))
     pat_ul = np.full((u, lmax), -1, np.int32)
     ent_uk = np.full((u, k), -1, np.int32)
@@ -184,13 +183,12 @@ def compile_lexicon(tok, surfaces: Sequence[tuple[str, int]], num_entities: int,
             break
     else:
         raise RuntimeError("could not find a collision-free pattern hash")
-    order = np.argsort(keys, kind="stable").astype(np.int32)
+    order = np.argsort(keys, kind="stable")
+    edges = np.array([pat_edges[p] for p in pats], np.int32).reshape(u, 2)
+    meta = len_u | (edges[:, 0] << 8) | (edges[:, 1] << 9)  # one gather per query instead of three
     return EntityLexicon(
-        pat_ul=jnp.asarray(pat_ul), len_u=jnp.asarray(len_u), ent_uk=jnp.asarray(ent_uk),
-        first_alnum_u=jnp.asarray([pat_edges[p][0] for p in pats]),
-        last_alnum_u=jnp.asarray([pat_edges[p][1] for p in pats]),
-        keys_sorted_u=jnp.asarray(keys[order]), order_u=jnp.asarray(order),
-        num_entities=int(num_entities), max_len=int(lmax), seed=int(seed))
+        pat_ul=jnp.asarray(pat_ul[order]), meta_u=jnp.asarray(meta[order]), ent_uk=jnp.asarray(ent_uk[order]),
+        keys_u=jnp.asarray(keys[order]), num_entities=int(num_entities), max_len=int(lmax), seed=int(seed))
 
 
 # ---------------------------------------------------------------- rewards
@@ -240,10 +238,11 @@ def entities_found(ids_bt: jax.Array, mask_bt: jax.Array, tables: TokenTables,
     ids = ids_bt.astype(jnp.int32)
     valid = mask_bt.astype(bool)
     keys = _window_keys(ids, lmax, lex.seed)                                   # (B,T,L)
-    slot = jnp.minimum(jnp.searchsorted(lex.keys_sorted_u, keys), lex.keys_sorted_u.shape[0] - 1)
-    u = lex.order_u[slot]                                                      # (B,T,L)
+    u = jnp.searchsorted(lex.keys_u, keys, method="scan_unrolled")            # (B,T,L)
+    u = jnp.minimum(u, lex.keys_u.shape[0] - 1)
+    meta = lex.meta_u[u]
     ls = jnp.arange(1, lmax + 1)
-    hit = (lex.keys_sorted_u[slot] == keys) & (lex.len_u[u] == ls)
+    hit = (lex.keys_u[u] == keys) & ((meta & 0xFF) == ls)
     # verify the ids, so hash collisions with non-patterns can never match
     win = _windows(ids, lmax)
     for j in range(lmax):  # one offset at a time: (B,T,L) live, not (B,T,L,L)
@@ -251,8 +250,8 @@ def entities_found(ids_bt: jax.Array, mask_bt: jax.Array, tables: TokenTables,
     # word boundaries from the neighbouring tokens
     prev_last = jnp.pad(_lookup(tables.last_alnum_v, ids), ((0, 0), (1, 0)))[:, :t]
     next_first = _windows(_lookup(tables.first_alnum_v, ids), lmax + 1, fill=False)[:, :, 1:]  # [b,t,l-1] at t+l
-    hit &= ~(lex.first_alnum_u[u] & prev_last[:, :, None])
-    hit &= ~(lex.last_alnum_u[u] & next_first)
+    hit &= ~(((meta >> 8) & 1).astype(bool) & prev_last[:, :, None])
+    hit &= ~(((meta >> 9) & 1).astype(bool) & next_first)
     # the whole window inside one span: a prefix count over the span mask
     sid = tables.tags
     inside = jnp.zeros_like(hit)
@@ -295,27 +294,32 @@ def rouge_l(ids_bt: jax.Array, mask_bt: jax.Array, ref_br: jax.Array, ref_mask_b
             tables: TokenTables) -> jax.Array:
     """(B,) ROUGE-L F1 between the answer span and the reference (whitespace ids excluded).
 
-    LCS by a scan over completion positions, one DP row (B, R+1) per step; a row update is
-    new[j] = max(old[j], cummax_k≤j(match_k ? old[k-1]+1 : 0)) — equal to the textbook
-    recurrence because a DP row is non-decreasing in j. Positions outside the span leave
-    the row as it is, so no compaction is needed.
+    The answer tokens are first packed to the left (a scatter), then the LCS runs one DP
+    row (B, R+1) per answer token, for as many steps as the longest answer in the batch
+    (a while loop, not T steps). A row update is
+    new[j] = max(old[j], cummax_k≤j(match_k ? old[k-1]+1 : 0)), equal to the textbook
+    recurrence because a DP row is non-decreasing in j.
     """
-    b = ids_bt.shape[0]
+    b, t = ids_bt.shape
     ans = tag_span(ids_bt, mask_bt.astype(bool), tables.tags[4], tables.tags[5])
     ans &= ~_lookup(tables.ws_v, ids_bt)
     refv = ref_mask_br.astype(bool) & ~_lookup(tables.ws_v, ref_br)
+    n_ans = ans.sum(1)
+    slot = jnp.where(ans, jnp.cumsum(ans, axis=1) - 1, t)  # t: dropped
+    packed = jnp.full((b, t), -1, jnp.int32).at[jnp.arange(b)[:, None], slot].set(
+        ids_bt.astype(jnp.int32), mode="drop")
 
-    def step(row, xs):
-        tok_b, act_b = xs
+    def step(i, row):
+        tok_b = jax.lax.dynamic_index_in_dim(packed, i, axis=1, keepdims=False)
         cand = jnp.where((ref_br == tok_b[:, None]) & refv, row[:, :-1] + 1, 0)
         new = jnp.maximum(row[:, 1:], jax.lax.cummax(cand, axis=1))
         new = jnp.concatenate([jnp.zeros((b, 1), row.dtype), new], axis=1)
-        return jnp.where(act_b[:, None], new, row), None
+        return jnp.where((i < n_ans)[:, None], new, row)
 
     row0 = jnp.zeros((b, ref_br.shape[1] + 1), jnp.int32)
-    row, _ = jax.lax.scan(step, row0, (ids_bt.T, ans.T))
+    row = jax.lax.fori_loop(0, n_ans.max(), step, row0)
     lcs = row[:, -1].astype(jnp.float32)
-    n = (ans.sum(1) + refv.sum(1)).astype(jnp.float32)
+    n = (n_ans + refv.sum(1)).astype(jnp.float32)
     return jnp.where(lcs > 0, 2.0 * lcs / jnp.maximum(n, 1.0), 0.0)
 
 

@@ -48,12 +48,16 @@ class PathVLM(nnx.Module):
         """(B,P,F) features → (B,P,H) LLM-space tokens."""
         return self.projector(self.slide_encoder(features_bpf, patch_valid_bp, ctx), ctx)
 
-    def embed_inputs(self, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx: Ctx):
-        """Token embeddings with slide tokens spliced in; returns (x (B,T,H), valid (B,T))."""
+    def embed_inputs(self, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx: Ctx, image_slots_bt=None):
+        """Token embeddings with slide tokens spliced in; returns (x (B,T,H), valid (B,T)).
+
+        `image_slots_bt` marks the placeholder positions; by default every image token id.
+        (A sampled completion may contain that id; training passes the prompt's slots only.)
+        """
         x = self.llm.embed(ids_bt, ctx)
         if features_bpf is None:
             return x, text_valid_bt
-        is_image = ids_bt == self.image_token_id
+        is_image = (ids_bt == self.image_token_id) if image_slots_bt is None else image_slots_bt
         slide = self.slide_tokens(features_bpf, patch_valid_bp, ctx).astype(x.dtype)
         rank = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, slide.shape[1] - 1)
         picked = jnp.take_along_axis(slide, rank[..., None], axis=1)
@@ -62,9 +66,10 @@ class PathVLM(nnx.Module):
         valid = text_valid_bt & (~is_image | patch_ok)
         return x, valid
 
-    def __call__(self, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx: Ctx, cache=None):
+    def __call__(self, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx: Ctx, cache=None,
+                 image_slots_bt=None):
         """Full forward without cache: returns (final hidden (B,T,H), token validity (B,T))."""
-        x, valid = self.embed_inputs(ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx)
+        x, valid = self.embed_inputs(ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx, image_slots_bt)
         hidden, _ = self.llm(x, positions_from_valid(valid), valid, ctx, cache)
         return hidden, valid
 

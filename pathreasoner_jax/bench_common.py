@@ -1,0 +1,153 @@
+"""Shared pieces of `pathreasoner bench`: interleaved timing, peak memory, device and
+version records, the torch baseline import, atomic JSON output."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable
+
+import jax
+
+from pathreasoner_jax.cli import UserError
+
+
+def time_sides(sides: dict[str, Callable[[int], object]], warmup: int, repeats: int) -> dict:
+    """Calls every side `warmup` times (the first call compiles), then `repeats` timed rounds,
+    interleaved side by side so that drift on a shared machine hits all sides alike.
+    Each callable runs one step and returns only when its device work is done."""
+    out = {name: {"warmup_s": [], "times_s": []} for name in sides}
+    step = 0
+    for _ in range(max(warmup, 1)):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            res = fn(step)
+            out[name]["warmup_s"].append(time.perf_counter() - t0)
+            out[name].setdefault("first_result", res)
+        step += 1
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            fn(step)
+            out[name]["times_s"].append(time.perf_counter() - t0)
+        step += 1
+    for rec in out.values():
+        rec["median_s"] = statistics.median(rec["times_s"]) if rec["times_s"] else None
+        rec["first_call_s"] = rec["warmup_s"][0]
+    return out
+
+
+def jax_peak_bytes() -> int | None:
+    """Peak bytes in use over the local devices (JAX's allocator); None where unreported."""
+    peaks = []
+    for d in jax.local_devices():
+        try:
+            stats = d.memory_stats() or {}
+        except Exception:  # not implemented on some backends
+            stats = {}
+        if "peak_bytes_in_use" in stats:
+            peaks.append(stats["peak_bytes_in_use"])
+    return max(peaks) if peaks else None
+
+
+def process_max_rss_bytes() -> int:
+    """Peak resident memory of this process so far (both frameworks together)."""
+    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def device_info() -> dict:
+    devs = jax.devices()
+    info = {"platform": devs[0].platform, "device_kind": devs[0].device_kind, "device_count": len(devs),
+            "process_count": jax.process_count(), "cpu_count": os.cpu_count(), "machine": platform.machine()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = re.findall(r"model name\s*:\s*(.+)", f.read())
+        info["cpu_model"] = names[0].strip() if names else platform.processor()
+    except OSError:
+        info["cpu_model"] = platform.processor()
+    return info
+
+
+def device_slug(info: dict) -> str:
+    """File-name form of the device: cpu, nvidia-h100-80gb-hbm3, tpu-v5-lite-x8, ..."""
+    slug = re.sub(r"[^a-z0-9]+", "-", info["device_kind"].lower()).strip("-") or info["platform"]
+    return slug + (f"-x{info['device_count']}" if info["device_count"] > 1 else "")
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for mod in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers"):
+        try:
+            out[mod] = importlib.import_module(mod).__version__
+        except Exception:  # absent or broken: recorded as missing
+            out[mod] = None
+    return out
+
+
+def import_torch_baseline():
+    """`benchmarks.torch_baseline` lives beside the package in the repository, not in it."""
+    try:
+        return importlib.import_module("benchmarks.torch_baseline.transfer")
+    except ModuleNotFoundError as e:
+        if e.name not in ("benchmarks", "benchmarks.torch_baseline", "benchmarks.torch_baseline.transfer"):
+            raise UserError(f"--baseline torch needs torch and transformers ({e}); "
+                               f"pip install -r requirements-dev.txt") from e
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(root, "benchmarks", "torch_baseline")) and root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        return importlib.import_module("benchmarks.torch_baseline.transfer")
+    except ModuleNotFoundError as e:
+        raise UserError(f"--baseline torch: cannot import benchmarks.torch_baseline ({e}); run from a "
+                           f"checkout of the repository") from e
+
+
+def torch_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_sync(device: str) -> None:
+    import torch
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def torch_peak_bytes(device: str) -> int | None:
+    import torch
+    return int(torch.cuda.max_memory_allocated()) if device == "cuda" else None
+
+
+def summarize(rec: dict, work: float, flops: float | None, peak_flops: float | None, devices: int,
+              unit: str = "tokens_per_s") -> dict:
+    """Adds throughput (`work` per median call) and MFU (None without a known peak)."""
+    med = rec["median_s"]
+    rec[unit] = work / med if med else None
+    rec["flops_per_call"] = flops
+    rec["devices"] = devices
+    rec["mfu"] = flops / med / (peak_flops * devices) if (flops and med and peak_flops) else None
+    return rec
+
+
+def write_json_atomic(path: str, obj: dict) -> None:
+    """Writes to a temporary file in the same folder and renames it over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

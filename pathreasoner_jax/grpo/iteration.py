@@ -1,0 +1,109 @@
+"""One GRPO iteration: rollout → rewards → advantages → μ inner updates.
+
+Kept apart from the trainer (data, checkpoints, logging) so that tests can drive it with
+a programmatic reward. Everything here runs on device except the Python control flow
+of DAPO's dynamic sampling, which only selects whole groups.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pathreasoner_jax.generate import SamplingParams, sample
+from pathreasoner_jax.grpo.advantages import dynamic_sampling_keep, fold_kl_into_rewards, group_advantages
+from pathreasoner_jax.grpo.losses import mask_truncated, overlong_penalty
+from pathreasoner_jax.grpo.step import GRPOStep, assemble
+
+
+@dataclass
+class GRPOState:
+    trainable: Any
+    frozen: Any
+    opt_state: Any
+    ref_trainable: Any
+    jitted: tuple = field(default=None)
+
+
+def take_groups(prompts: dict, rollout: dict, rewards: dict, groups: np.ndarray, g: int):
+    rows = (groups[:, None] * g + np.arange(g)[None]).reshape(-1)
+    pick = lambda tree, idx: jax.tree.map(lambda x: x[idx], tree)  # noqa: E731
+    return pick(prompts, groups), pick(rollout, rows), pick(rewards, rows)
+
+
+def concat(trees: list):
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, 0), *trees)
+
+
+def rollout_and_score(step: GRPOStep, state: GRPOState, prompts: dict, reward_fn: Callable, key, cfg, ids):
+    model = nnx.merge(step.graphdef, state.trainable, state.frozen)
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            top_k=cfg.top_k, group_size=cfg.group_size, shared_prefix=True)
+    rollout = sample(model, prompts["ids"], prompts["text_valid"], prompts["features"], prompts["patch_valid"],
+                     key, params=params, eos_id=ids.eos, pad_id=ids.pad)
+    return rollout, reward_fn(rollout, prompts)
+
+
+def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int], dict], reward_fn: Callable,
+                   key, cfg, ids) -> tuple[GRPOState, dict]:
+    """`next_prompts(try)` gives a prompt batch (B rows); `reward_fn(rollout, prompts)` a
+    dict of (B·G,) arrays with at least `total`. Returns the new state and metrics."""
+    g = cfg.group_size
+    prompts = next_prompts(0)
+    rollout, rewards = rollout_and_score(step, state, prompts, reward_fn, jax.random.fold_in(key, 0), cfg, ids)
+    n_prompts = prompts["ids"].shape[0]
+    tries = 1
+    if cfg.dynamic_sampling:
+        keep = np.asarray(dynamic_sampling_keep(rewards["total"].reshape(-1, g)))
+        parts = [take_groups(prompts, rollout, rewards, np.flatnonzero(keep), g)]
+        spare = [take_groups(prompts, rollout, rewards, np.flatnonzero(~keep), g)]
+        have = int(keep.sum())
+        while have < n_prompts and tries < cfg.max_sampling_tries:
+            p2 = next_prompts(tries)
+            r2, w2 = rollout_and_score(step, state, p2, reward_fn, jax.random.fold_in(key, tries), cfg, ids)
+            k2 = np.asarray(dynamic_sampling_keep(w2["total"].reshape(-1, g)))
+            parts.append(take_groups(p2, r2, w2, np.flatnonzero(k2)[: n_prompts - have], g))
+            spare.append(take_groups(p2, r2, w2, np.flatnonzero(~k2), g))
+            have += int(min(k2.sum(), n_prompts - have))
+            tries += 1
+        if have < n_prompts:  # bounded tries: top up with zero-variance groups (advantage 0)
+            pool = concat(spare)
+            parts.append(take_groups(*pool, np.arange(n_prompts - have), g))
+        prompts, rollout, rewards = concat([p[0] for p in parts]), concat([p[1] for p in parts]), \
+            concat([p[2] for p in parts])
+    lp_fn, ref_fn, upd_fn = state.jitted or step.jit_all(state.trainable, state.frozen, state.opt_state)
+    state.jitted = (lp_fn, ref_fn, upd_fn)
+    seq = assemble(prompts, rollout, g, ids.image)
+    rng = jax.random.fold_in(key, 10_000)
+    old_logp = lp_fn(state.trainable, state.frozen, seq, rng)
+    ref_logp = ref_fn(state.ref_trainable, state.frozen, seq) if cfg.kl_mode != "none" else old_logp
+    total = rewards["total"]
+    if cfg.overlong_buffer > 0:
+        total = total + overlong_penalty(rollout["lengths"], cfg.max_new_tokens, cfg.overlong_buffer,
+                                         cfg.overlong_penalty)
+    if cfg.kl_mode == "reward":
+        total = fold_kl_into_rewards(total, old_logp, ref_logp, seq["mask"], cfg.kl_coef)
+    adv, n_flat = group_advantages(total, g, cfg.adv_scale)
+    if cfg.mask_truncated:
+        seq["mask"] = mask_truncated(seq["mask"], rollout["truncated"])
+    epochs = []
+    for _ in range(cfg.inner_epochs):
+        state.trainable, state.opt_state, m = upd_fn(state.trainable, state.frozen, state.opt_state, seq,
+                                                     old_logp, ref_logp, adv, rng)
+        epochs.append(m)
+    # the first epoch's ratio is exactly 1 (same params, same dropout key as old_logp)
+    metrics = {f"first_epoch/{k}": v for k, v in epochs[0].items()} | dict(epochs[-1])
+    for name, r in rewards.items():
+        metrics[f"reward/{name}_mean"] = jnp.mean(r)
+        metrics[f"reward/{name}_std"] = jnp.std(r, ddof=1) if r.shape[0] > 1 else 0.0
+    lengths = rollout["lengths"].astype(jnp.float32)
+    metrics.update({"frac_reward_zero_std": n_flat / (total.shape[0] // g), "sampling_tries": tries,
+                    "completion_length_mean": jnp.mean(lengths), "completion_length_min": jnp.min(lengths),
+                    "completion_length_max": jnp.max(lengths),
+                    "truncated_frac": jnp.mean(rollout["truncated"].astype(jnp.float32)),
+                    "reward_total_with_shaping_mean": jnp.mean(total)})
+    return state, {k: float(v) for k, v in metrics.items()}

@@ -1,0 +1,131 @@
+"""GRPO's pure functions: sequence assembly, log-probs, and the update step.
+
+A training row is [left-padded prompt (Tp) | completion (N)]: the hidden state at
+Tp−1+j predicts completion token j, exactly as in the sampler, so the recomputed
+log-probs equal the sampler's. Log-probs are of softmax(logits / temperature).
+
+Old log-probs are recomputed here with the same dropout key that every inner epoch of
+the update uses for that batch, so at the first inner epoch the ratio is exactly 1
+(the reference computes them in eval mode and updates in train mode: defect 6).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pathreasoner_jax.grpo.losses import policy_loss, token_entropy
+from pathreasoner_jax.sharding import use_mesh
+
+
+def assemble(prompt: dict, rollout: dict, group: int, image_id: int) -> dict:
+    """Prompt batch (B rows) + rollout (B·G rows) → training rows (B·G, Tp + N).
+
+    Only the prompt's image tokens are slide slots; the id in a completion is plain text.
+    """
+    rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
+    slots = prompt["ids"] == image_id
+    return {"ids": jnp.concatenate([rep(prompt["ids"]), rollout["tokens"]], 1),
+            "image_slots": jnp.concatenate([rep(slots), jnp.zeros_like(rollout["mask"])], 1),
+            "text_valid": jnp.concatenate([rep(prompt["text_valid"]), rollout["mask"]], 1),
+            "features": rep(prompt["features"]), "patch_valid": rep(prompt["patch_valid"]),
+            "mask": rollout["mask"].astype(jnp.float32)}
+
+
+def completion_logits(model, seq: dict, ctx, n_new: int, temperature: float):
+    """(B, N, V) fp32 logits / T at the positions that predict the completion tokens."""
+    hidden, _ = model(seq["ids"], seq["text_valid"], seq["features"], seq["patch_valid"], ctx,
+                      image_slots_bt=seq["image_slots"])
+    t_total = seq["ids"].shape[1]
+    h = hidden[:, t_total - n_new - 1: t_total - 1]
+    return model.llm.logits(h) / temperature
+
+
+def completion_logprobs(model, seq: dict, ctx, n_new: int, temperature: float):
+    logits = completion_logits(model, seq, ctx, n_new, temperature)
+    targets = seq["ids"][:, -n_new:]
+    return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+
+
+@dataclass
+class GRPOStep:
+    graphdef: Any
+    tx: optax.GradientTransformation
+    mesh: Mesh
+    n_new: int
+    temperature: float
+    clip_eps_low: float
+    clip_eps_high: float
+    loss_agg: str
+    kl_mode: str
+    kl_beta: float
+    use_lora_for_ref: bool
+
+    def logprobs(self, trainable, frozen, seq, rng):
+        """Policy log-probs (B,N) in training mode (dropout from `rng`; None: off)."""
+        model = nnx.merge(self.graphdef, trainable, frozen)
+        return completion_logprobs(model, seq, model.ctx(rng=rng), self.n_new, self.temperature)
+
+    def ref_logprobs(self, ref_trainable, frozen, seq):
+        """The frozen reference policy (the starting checkpoint), deterministic."""
+        model = nnx.merge(self.graphdef, ref_trainable, frozen)
+        return completion_logprobs(model, seq, model.ctx(use_lora=self.use_lora_for_ref), self.n_new,
+                                   self.temperature)
+
+    def update(self, trainable, frozen, opt_state, seq, old_logp, ref_logp, adv, rng):
+        def loss_fn(t):
+            model = nnx.merge(self.graphdef, t, frozen)
+            logits = completion_logits(model, seq, model.ctx(rng=rng), self.n_new, self.temperature)
+            targets = seq["ids"][:, -self.n_new:]
+            logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+            s, d, m = policy_loss(logp, old_logp, adv, seq["mask"], clip_eps_low=self.clip_eps_low,
+                                  clip_eps_high=self.clip_eps_high, agg=self.loss_agg, max_len=self.n_new,
+                                  ref_logp_bt=ref_logp, kl_mode=self.kl_mode, kl_beta=self.kl_beta)
+            ent = token_entropy(jax.lax.stop_gradient(logits))
+            m["entropy"] = jnp.sum(ent * seq["mask"]) / jnp.maximum(jnp.sum(seq["mask"]), 1.0)
+            return s / d, m
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        updates, opt_state = self.tx.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        return trainable, opt_state, metrics
+
+    def jit_all(self, trainable, frozen, opt_state):
+        """Jitted (logprobs, ref_logprobs, update) with shardings read off the live state."""
+        sh = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+        rep = NamedSharding(self.mesh, P())
+        rows = NamedSharding(self.mesh, P(("data", "fsdp")))
+
+        def under_mesh(fn):
+            def wrapped(*args):
+                with use_mesh(self.mesh):
+                    return fn(*args)
+            return wrapped
+        lp = jax.jit(under_mesh(self.logprobs), in_shardings=(sh(trainable), sh(frozen), rows, rep),
+                     out_shardings=rows)
+        ref = jax.jit(under_mesh(self.ref_logprobs), in_shardings=(sh(trainable), sh(frozen), rows),
+                      out_shardings=rows)
+        upd = jax.jit(under_mesh(self.update),
+                      in_shardings=(sh(trainable), sh(frozen), sh(opt_state), rows, rows, rows, rows, rep),
+                      out_shardings=(sh(trainable), sh(opt_state), rep), donate_argnums=(0, 2))
+        return lp, ref, upd
+
+
+def make_grpo_step(model, grpo_cfg, is_trainable: Callable, mesh: Mesh, use_lora_for_ref: bool):
+    """Returns (GRPOStep, trainable, frozen, opt_state, ref_trainable)."""
+    from pathreasoner_jax.sft.step import init_opt_state, make_optimizer
+    graphdef, trainable, frozen = nnx.split(model, is_trainable, ...)
+    tx, _ = make_optimizer(grpo_cfg.lr, max(grpo_cfg.steps, 1), 0.0, grpo_cfg.weight_decay, grpo_cfg.grad_clip,
+                           schedule="constant")
+    opt_state = init_opt_state(tx, trainable, mesh)
+    ref_trainable = jax.tree.map(jnp.copy, trainable)
+    step = GRPOStep(graphdef, tx, mesh, grpo_cfg.max_new_tokens, grpo_cfg.temperature, grpo_cfg.clip_eps_low,
+                    grpo_cfg.clip_eps_high, grpo_cfg.loss_agg, grpo_cfg.kl_mode, grpo_cfg.kl_beta,
+                    use_lora_for_ref)
+    return step, trainable, frozen, opt_state, ref_trainable

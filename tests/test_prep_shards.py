@@ -1,0 +1,202 @@
+"""`prepare` end to end on a small synthetic corpus with bad inputs mixed in: manifest,
+shards, readers (grain source, slide store, tfds, entities, tokenizer), resumability
+after SIGKILL (identical shards), and disjoint worker parts + merge."""
+import glob
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.config import load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _sha(p):
+    return hashlib.sha256(open(p, "rb").read()).hexdigest()
+
+
+def _cfg(corpus, prep, *extra):
+    return load_config(None, [f"data.slides_dir={corpus['slides_dir']}", f"data.reports_path={corpus['reports_path']}",
+                              f"data.prep_dir={prep}", "run.progress=false", "data.splits=[0.34, 0.33, 0.33]",
+                              "data.augment_per_sample=2", *extra])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from data_prep.demo.corpus import generate_demo_corpus
+    root = tmp_path_factory.mktemp("corpus")
+    c = generate_demo_corpus(str(root / "demo"), num_slides=5, seed=3, sizes=(1024, 1280))
+    sd = c["slides_dir"]
+    shutil.copyfile(os.path.join(sd, "demo-001.tiff"), os.path.join(sd, "nolink.tiff"))
+    with open(os.path.join(sd, "corrupt.svs"), "wb") as f:
+        f.write(np.random.default_rng(0).bytes(4096))
+    blank = np.full((768, 768, 3), 242, np.uint8)
+    with tifffile.TiffWriter(os.path.join(sd, "blank.tiff")) as tw:
+        tw.write(blank, tile=(256, 256), photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    with open(c["reports_path"], "a") as f:
+        f.write(json.dumps({"slide_id": "nolink", "report": "Received in formalin, entirely submitted."}) + "\n")
+        f.write(json.dumps({"slide_id": "ghost", "report": "Sections show keratin pearls. Diagnosis: SCC."}) + "\n")
+    return c
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    from data_prep.cli import prepare
+    prep = str(tmp_path_factory.mktemp("prepA") / "prep")
+    rc = prepare(_cfg(corpus, prep))
+    return prep, rc
+
+
+def test_manifest_records_bad_inputs_and_continues(prepared):
+    prep, rc = prepared
+    assert rc == 0
+    m = json.load(open(os.path.join(prep, "manifest.json")))
+    assert m["slides_ok"] == ["demo-000", "demo-001", "demo-002", "demo-003", "demo-004", "nolink"]
+    failed = {os.path.basename(f["path"]): f["error"] for f in m["slides_failed"]}
+    assert set(failed) == {"corrupt.svs", "blank.tiff"}
+    for f in m["slides_failed"]:
+        assert f["error"].startswith(f["path"]) and "\n" not in f["error"]
+    assert "no tissue" in failed["blank.tiff"] and "corrupt" in failed["corrupt.svs"]
+    errs = {f["slide_id"]: f["error"] for f in m["samples_failed"]}
+    assert "no linkable KG entity" in errs["nolink"] and "reports.jsonl" in errs["nolink"]
+    assert "no slide or feature file" in errs["ghost"]
+    assert m["samples"]["val"] == 1 and m["samples"]["test"] == 1  # the two normal-mucosa slides
+    assert 8 <= m["samples"]["train"] <= 12  # 3 train slides × (1 + 2 variants), minus duplicates
+    for sh in m["shards"]["slides"] + [s for sp in m["shards"]["samples"].values() for s in sp]:
+        assert _sha(os.path.join(prep, sh["path"])) == sh["sha256"]
+    assert not glob.glob(os.path.join(prep, "**", ".tmp-*"), recursive=True)
+    assert sorted(os.listdir(os.path.join(prep, "features"))) == [s + ".h5" for s in m["slides_ok"]]
+    assert m["config_hash"] and m["counts"]["patches"] > 0 and m["feature_dim"] == 512
+
+
+def test_readers_grain_slide_store_entities(prepared):
+    import grain
+    from pathreasoner_jax.data.store import SampleSource, SlideStore, load_entities, load_manifest
+    from pathreasoner_jax.records import parse_trajectory
+    from pathreasoner_jax.slides.h5io import read_features_h5
+    prep, _ = prepared
+    m = load_manifest(prep)
+    store = SlideStore(prep)
+    assert len(store) == 6 and "demo-002" in store and "corrupt" not in store
+    rec = store["demo-002"]
+    ff = read_features_h5(os.path.join(prep, "features", "demo-002.h5"))
+    np.testing.assert_array_equal(rec.features, ff.features)
+    np.testing.assert_array_equal(rec.coords, ff.coords)
+    assert rec.cluster_ids.max() < 8 and rec.label == "squamous cell carcinoma"
+    ents = load_entities(prep)
+    names = set(ents.names)
+    for split in ("train", "val", "test"):
+        src = SampleSource(prep, split)
+        assert len(src) == m["samples"][split]
+        ds = grain.MapDataset.source(src).shuffle(seed=1).map(lambda s: s)
+        for i in range(len(ds)):
+            s = ds[i]
+            assert s.split == split and s.slide_id in store and s.question.count("<image>") == 1
+            assert parse_trajectory(s.trajectory) == (s.findings, s.reasoning, s.answer)
+            assert s.answer == s.diagnosis == store[s.slide_id].label
+            assert set(s.entities) <= names and s.diagnosis in s.entities
+    with pytest.raises(IndexError):
+        SampleSource(prep, "val")[5]
+
+
+def test_tfds_builder_reads_the_sample_store(prepared):
+    import tensorflow_datasets as tfds
+    from pathreasoner_jax.data.store import SampleSource
+    from pathreasoner_jax.data.tfds_builder import NAME, build_tfds
+    prep, _ = prepared
+    data_dir = build_tfds(prep)
+    ds = tfds.data_source(NAME, data_dir=data_dir, split="train")
+    src = SampleSource(prep, "train")
+    assert len(ds) == len(src)
+    want = {src[i].sample_id: src[i] for i in range(len(src))}
+    for i in range(len(ds)):
+        ex = ds[i]
+        s = want[ex["sample_id"].decode()]
+        assert ex["answer"].decode() == s.answer and [f.decode() for f in ex["findings"]] == s.findings
+
+
+def test_demo_tokenizer_has_single_token_tags(prepared):
+    from pathreasoner_jax.tokenizer import load_tokenizer, special_ids
+    from pathreasoner_jax.data.store import SampleSource
+    prep, _ = prepared
+    tok = load_tokenizer(os.path.join(prep, "tokenizer"))
+    ids = special_ids(tok)
+    s = SampleSource(prep, "train")[0]
+    enc = tok(s.trajectory)["input_ids"]
+    for t in ids.tags:
+        assert enc.count(t) == 1
+
+
+def test_rerun_after_sigkill_gives_identical_shards(corpus, prepared, tmp_path):
+    from data_prep.cli import prepare
+    prep_a, _ = prepared
+    prep_b = str(tmp_path / "prep")
+    code = ("import sys; from pathreasoner_jax.config import load_config; from data_prep.cli import prepare; "
+            "prepare(load_config(None, sys.argv[1:]))")
+    args = [f"data.slides_dir={corpus['slides_dir']}", f"data.reports_path={corpus['reports_path']}",
+            f"data.prep_dir={prep_b}", "run.progress=false", "data.splits=[0.34, 0.33, 0.33]",
+            "data.augment_per_sample=2"]
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    feats = os.path.join(prep_b, "features")
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(feats) and any(p.endswith(".h5") for p in os.listdir(feats)):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the writer finished before it could be killed"
+    assert not os.path.exists(os.path.join(prep_b, "manifest.json"))
+    assert prepare(_cfg(corpus, prep_b)) == 0
+    assert not glob.glob(os.path.join(prep_b, "**", ".tmp-*"), recursive=True)
+    shards_a = sorted(os.path.basename(p) for p in glob.glob(os.path.join(prep_a, "*.array_record")))
+    shards_b = sorted(os.path.basename(p) for p in glob.glob(os.path.join(prep_b, "*.array_record")))
+    assert shards_a == shards_b and len(shards_a) == 4
+    for name in shards_a + ["entities.json"]:
+        assert _sha(os.path.join(prep_a, name)) == _sha(os.path.join(prep_b, name)), name
+
+
+def test_workers_write_disjoint_parts_then_merge(corpus, prepared, tmp_path):
+    from data_prep.cli import prepare
+    from pathreasoner_jax.data.store import SampleSource, SlideStore
+    prep_a, _ = prepared
+    prep_c = str(tmp_path / "prep")
+    os.makedirs(prep_c)
+    for sub in ("features", "samples"):  # reuse the per-slide caches: only sharding is redone
+        shutil.copytree(os.path.join(prep_a, sub), os.path.join(prep_c, sub))
+    cfg = _cfg(corpus, prep_c)
+    assert prepare(cfg, num_workers=2, worker_index=0) == 0
+    with pytest.raises(UserError, match=r"parts \[1\] of 2"):
+        prepare(cfg, num_workers=2, merge_only=True)
+    assert prepare(cfg, num_workers=2, worker_index=1) == 0
+    assert prepare(cfg, num_workers=2, merge_only=True) == 0
+    m = json.load(open(os.path.join(prep_c, "manifest.json")))
+    paths = [s["path"] for s in m["shards"]["slides"]]
+    assert paths == ["slides-00000-of-00002.array_record", "slides-00001-of-00002.array_record"]
+    assert sorted(m["slides_ok"]) == json.load(open(os.path.join(prep_a, "manifest.json")))["slides_ok"]
+    for split in ("train", "val", "test"):
+        a, c = SampleSource(prep_a, split), SampleSource(prep_c, split)
+        assert sorted(a[i].sample_id for i in range(len(a))) == sorted(c[i].sample_id for i in range(len(c)))
+    assert SlideStore(prep_c)["demo-003"].features.shape == SlideStore(prep_a)["demo-003"].features.shape
+
+
+def test_nothing_succeeded_exits_1(tmp_path):
+    from data_prep.cli import prepare
+    sd = tmp_path / "slides"
+    sd.mkdir()
+    (sd / "only.svs").write_bytes(b"garbage" * 50)
+    cfg = load_config(None, [f"data.slides_dir={sd}", f"data.prep_dir={tmp_path / 'prep'}", "run.progress=false"])
+    assert prepare(cfg) == 1
+    m = json.load(open(tmp_path / "prep" / "manifest.json"))
+    assert m["slides_ok"] == [] and m["slides_failed"][0]["path"].endswith("only.svs")
