@@ -57,6 +57,10 @@ def _bench_prep(cfg, baseline: str) -> dict:
 
 def _summary(which: str, result: dict) -> str:
     res = result.get("results")
+    if isinstance(res, list):  # rewards: one row per batch size
+        return "\n".join(f"  batch {r.get('batch')}: device {r.get('device_s', 0) * 1e3:.1f} ms, python loop "
+                         f"{r.get('python_s', 0) * 1e3:.1f} ms, {r.get('speedup', 0):.1f}× faster"
+                         for r in res if isinstance(r, dict))
     if not isinstance(res, dict):
         return ""
     lines = []

@@ -1,0 +1,175 @@
+"""`pathreasoner grpo`: knowledge-aware GRPO from an SFT checkpoint, with the slide.
+
+The policy starts from the SFT checkpoint (loaded — the reference builds the state dict
+and never loads it: defect 2) and sees the slide in every rollout and update (the
+reference's RL policy is a text-only LLM: defect 1). Prompts have one fixed shape per
+run (prompt length bucket × sample_num patches), so rollout and update compile once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from pathreasoner_jax.checkpoint import Checkpointer, restore_params
+from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.data.encode import ExampleEncoder, bucket, evenly_spaced_patches
+from pathreasoner_jax.grpo.iteration import GRPOState, grpo_iteration
+from pathreasoner_jax.grpo.rewards import build_token_tables, compile_lexicon, compute_rewards
+from pathreasoner_jax.grpo.step import make_grpo_step
+from pathreasoner_jax.metrics_log import MetricsLogger
+from pathreasoner_jax.runtime import Runtime
+from pathreasoner_jax.sft.step import trainable_filter
+
+log = logging.getLogger(__name__)
+REF_LEN = 32
+
+
+def default_init(rt: Runtime) -> str:
+    for stage in ("sft_pseudobag", "sft"):
+        d = rt.path("checkpoints", stage)
+        if os.path.exists(os.path.join(d, "DONE")):
+            return d
+    return rt.path("checkpoints", "sft")
+
+
+class PromptBuilder:
+    """Samples → fixed-shape prompt batches with the reward context of each prompt."""
+
+    def __init__(self, rt: Runtime, samples, slides, entities):
+        self.rt, self.samples, self.slides = rt, samples, slides
+        self.enc = ExampleEncoder(rt.tokenizer, rt.ids.image, rt.cfg.data.sample_num)
+        self.index = entities.index
+        longest_q = max(len(self.enc.prompt_ids(samples[i].question, 0)) for i in range(min(len(samples), 64)))
+        self.prompt_len = bucket(rt.cfg.data.sample_num + longest_q, rt.cfg.data.length_buckets)
+        self.order = np.random.default_rng(rt.cfg.run.seed).permutation(len(samples))
+
+    def sample_at(self, i: int):
+        return self.samples[int(self.order[i % len(self.order)])]
+
+    def batch(self, positions: list[int]) -> dict:
+        """Prompt batch for the given positions of the shuffled order."""
+        cfg, ids = self.rt.cfg, self.rt.ids
+        rows = [self.sample_at(i) for i in positions]
+        n, tp, p = len(rows), self.prompt_len, cfg.data.sample_num
+        f = self.slides[rows[0].slide_id].features.shape[1]
+        out = {"ids": np.full((n, tp), ids.pad, np.int32), "text_valid": np.zeros((n, tp), bool),
+               "features": np.zeros((n, p, f), np.float32), "patch_valid": np.zeros((n, p), bool),
+               "gt_entities": np.zeros((n, max(len(self.index), 1)), np.float32),
+               "ref_ids": np.full((n, REF_LEN), ids.pad, np.int32), "ref_mask": np.zeros((n, REF_LEN), bool),
+               "position": np.asarray(positions, np.int64)}
+        for r, s in enumerate(rows):
+            slide = self.slides[s.slide_id]
+            idx = evenly_spaced_patches(slide.coords, np.arange(slide.num_patches), p)
+            prompt = self.enc.prompt_ids(s.question, len(idx))[-tp:]
+            out["ids"][r, tp - len(prompt):] = prompt  # left padding: the last prompt token at tp-1
+            out["text_valid"][r, tp - len(prompt):] = True
+            out["features"][r, :len(idx)] = slide.features[idx]
+            out["patch_valid"][r, :len(idx)] = True
+            for e in s.entities:
+                if e.lower() in self.index:
+                    out["gt_entities"][r, self.index[e.lower()]] = 1.0
+            ref = self.rt.tokenizer(s.answer, add_special_tokens=False)["input_ids"][:REF_LEN]
+            out["ref_ids"][r, :len(ref)], out["ref_mask"][r, :len(ref)] = ref, True
+        return {k: jnp.asarray(v) for k, v in out.items()}
+
+
+def make_judge_scorer(rt: Runtime, prompts: PromptBuilder):
+    """Host-side `judge` semantic scores of the completions' <answer> spans (SPEC §6)."""
+    from pathreasoner_jax.eval.metrics import extract_answer
+    from pathreasoner_jax.grpo.judge import Judge
+    judge = Judge.from_config(rt.cfg.rewards, cache_path=rt.path("judge_cache.jsonl"))
+
+    def score(rollout, batch, group):
+        texts = rt.tokenizer.batch_decode(np.asarray(rollout["tokens"]) * np.asarray(rollout["mask"]) +
+                                          rt.ids.pad * (1 - np.asarray(rollout["mask"])), skip_special_tokens=False)
+        rows = [prompts.sample_at(int(p)) for p in np.repeat(np.asarray(batch["position"]), group)]
+        return jnp.asarray(judge.score_batch([r.question for r in rows], [r.answer for r in rows],
+                                             [extract_answer(t) for t in texts]), jnp.float32)
+    return score, judge
+
+
+def make_reward_fn(rt: Runtime, entities, group: int, prompts: PromptBuilder):
+    """On-device rewards of SPEC §6 for a rollout; `judge` scores come from the endpoint."""
+    cfg = rt.cfg.rewards
+    tables = build_token_tables(rt.tokenizer, rt.ids, rt.model_cfg.llm.vocab_size)
+    names = entities.names
+    surfaces = [(s, i) for i, e in enumerate(entities["entities"]) for s in [e["name"]] + list(e.get("synonyms", []))]
+    lex = compile_lexicon(rt.tokenizer, surfaces, max(len(names), 1))
+    sim = jnp.asarray(entities.sim_matrix() if names else np.zeros((1, 1), np.float32))
+    judge = None
+    if cfg.semantic == "judge":
+        judge, _ = make_judge_scorer(rt, prompts)
+    elif cfg.semantic not in ("rouge",):
+        raise UserError(f"rewards.semantic={cfg.semantic!r}: choose rouge or judge")
+
+    def reward_fn(rollout, prompts):
+        rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
+        sem = judge(rollout, prompts, group) if judge else None
+        return compute_rewards(rollout["tokens"], rollout["mask"], rep(prompts["gt_entities"]), sim, tables, lex,
+                               rep(prompts["ref_ids"]), rep(prompts["ref_mask"]), sem, alpha=cfg.alpha,
+                               beta=cfg.beta, semantic="rouge" if judge is None else "judge")
+    return reward_fn
+
+
+def train_grpo(rt: Runtime, force: bool = False, stop_after: int | None = None) -> str:
+    from pathreasoner_jax.data.store import SampleSource, SlideStore, load_entities
+
+    cfg, g = rt.cfg, rt.cfg.grpo
+    ckpt_dir = rt.path("checkpoints", "grpo")
+    if os.path.exists(os.path.join(ckpt_dir, "DONE")) and not force:
+        log.info("grpo already finished (%s); use --force to redo", ckpt_dir)
+        return ckpt_dir
+    if force and os.path.isdir(ckpt_dir) and jax.process_index() == 0:
+        shutil.rmtree(ckpt_dir)
+    init_from = g.init_from or default_init(rt)
+    if not os.path.isdir(init_from):
+        raise UserError(f"{init_from}: SFT checkpoint not found (run `pathreasoner sft` first or set grpo.init_from)")
+    model = rt.build_model()
+    restore_params(init_from, model)  # the SFT weights: also the frozen reference policy
+    lora = rt.model_cfg.lora.enabled
+    is_trainable = trainable_filter(cfg.sft, lora)
+    step, trainable, frozen, opt_state, ref_trainable = make_grpo_step(model, g, is_trainable, rt.mesh, lora)
+    ck = Checkpointer(ckpt_dir, g.keep_last)
+    start = 0
+    if ck.latest_step() is not None:
+        model = nnx.merge(step.graphdef, trainable, frozen)
+        opt_state, meta = ck.restore(model, opt_state)
+        _, trainable, frozen = nnx.split(model, is_trainable, ...)
+        start = meta["step"]
+        log.info("grpo: resuming at step %d", start)
+    entities = load_entities(rt.prep_dir)
+    prompts = PromptBuilder(rt, SampleSource(rt.prep_dir, "train"), SlideStore(rt.prep_dir), entities)
+    reward_fn = make_reward_fn(rt, entities, g.group_size, prompts)
+    state = GRPOState(trainable, frozen, opt_state, ref_trainable)
+    logger = MetricsLogger(rt.run_dir, "grpo")
+    logger.truncate_after(start)
+    key = jax.random.key(cfg.run.seed + 1)
+    bar = tqdm(range(start, g.steps), initial=start, total=g.steps, desc="grpo", disable=not cfg.run.progress)
+    for k in bar:
+        def next_prompts(attempt: int, k=k):
+            base = (k * g.max_sampling_tries + attempt) * g.prompts_per_step
+            return prompts.batch(list(range(base, base + g.prompts_per_step)))
+        state, m = grpo_iteration(step, state, next_prompts, reward_fn, jax.random.fold_in(key, k), g, rt.ids)
+        logger.log(k + 1, m)
+        bar.set_postfix(reward=f"{m['reward/total_mean']:.3f}", kl=f"{m.get('kl', 0.0):.4f}")
+        done = k + 1 == g.steps or (stop_after is not None and k + 1 >= stop_after)
+        if (k + 1) % g.checkpoint_every == 0 or done:
+            ck.save(k + 1, nnx.merge(step.graphdef, state.trainable, state.frozen), state.opt_state,
+                    {"step": k + 1, "init_from": os.path.abspath(init_from), "config": cfg.fingerprint("model")})
+        if done:
+            break
+    ck.close()
+    logger.close()
+    finished = stop_after is None or stop_after >= g.steps or start >= g.steps
+    if finished and jax.process_index() == 0:
+        with open(os.path.join(ckpt_dir, "DONE"), "w") as f:
+            json.dump({"steps": g.steps, "init_from": os.path.abspath(init_from)}, f)
+    return ckpt_dir
