@@ -57,7 +57,7 @@ def prepare(cfg, num_workers: int = 1, worker_index: int = -1, merge_only: bool 
     os.makedirs(inp.prep_dir, exist_ok=True)
     kg = load_kg(inp.kg_path, inp.kg_format)
     linker = EntityLinker(kg, fuzzy_threshold=float(getattr(cfg.data, "fuzzy_threshold", 0.88)))
-    config_hash = cfg.fingerprint("data")
+    config_hash = prep_fingerprint(cfg)
     ctx = None
     if inp.reports:
         try:
@@ -97,6 +97,23 @@ def prepare(cfg, num_workers: int = 1, worker_index: int = -1, merge_only: bool 
             f"{c['samples_failed']} sample(s) skipped → {inp.prep_dir}/manifest.json ({time.time() - t0:.1f}s)")
         return 0 if c["slides_ok"] else 1
     return 0
+
+
+# data fields that only the training input pipeline reads: changing them must not
+# invalidate prepared shards
+_TRAINING_ONLY = ("sample_num", "max_text_len", "length_buckets", "shuffle_seed", "num_workers", "prep_dir")
+
+
+def prep_fingerprint(cfg) -> str:
+    """Hash of what decides the prepared corpus: the data section (less training-only
+    fields) and run.seed (split assignment)."""
+    import hashlib
+    import json
+    d = {k: v for k, v in cfg.to_dict()["data"].items() if k not in _TRAINING_ONLY}
+    extra = {k: getattr(cfg.data, k) for k in dir(cfg.data) if not k.startswith("_") and k not in d
+             and k not in _TRAINING_ONLY and not callable(getattr(cfg.data, k))}
+    blob = json.dumps({"data": d, "extra": extra, "seed": cfg.run.seed}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _file_hash(path: str) -> str:

@@ -40,7 +40,9 @@ def run_part(inp: PrepInputs, cfg, ctx: SampleContext | None, splits: dict[str, 
     if os.path.isfile(pp) and not force:
         with open(pp) as f:
             done = json.load(f)
-        if done.get("config_hash") == config_hash:
+        listed = [done["shards"]["slides"]] + list(done["shards"]["samples"].values())
+        if done.get("config_hash") == config_hash and all(
+                os.path.isfile(os.path.join(inp.prep_dir, sh["path"])) for sh in listed):
             return done
     mine = [it for i, it in enumerate(inp.items) if i % n == part]
     for kind in ["slides"] + [f"samples-{sp}" for sp in SPLITS]:  # leftovers of a killed run
@@ -55,12 +57,20 @@ def run_part(inp: PrepInputs, cfg, ctx: SampleContext | None, splits: dict[str, 
         ref_by_slide[s.slide_id].append(s)
 
     def slide_records():
-        for it in mine:
+        from tqdm import tqdm
+        bar = tqdm(mine, desc=f"slides (part {part + 1}/{n})", unit="slide",
+                   disable=not (cfg.run.progress and sys.stderr.isatty()))
+        for it in bar:
             try:
                 ff = features_for(it, settings, get_encoder, feat_dir, force)
             except UserError as e:
                 failed.append({"path": it.path, "error": str(e)})
                 say(f"skipped {e}")
+                continue
+            except Exception as e:  # an input no check foresaw must not stop a long batch
+                msg = f"{it.path}: unexpected {type(e).__name__} ({' '.join(str(e).split())[:200]})"
+                failed.append({"path": it.path, "error": msg})
+                say(f"skipped {msg}")
                 continue
             if ff.attrs.get("magnification_source") == "default":
                 warnings.append({"path": it.path, "warning": f"{it.path}: no mpp or objective power; assumed "

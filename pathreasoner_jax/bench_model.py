@@ -62,7 +62,10 @@ def _setup(cfg, which: str, baseline: str):
     if baseline == "torch":  # copy the weights before our step donates (deletes) them
         tb = C.import_torch_baseline()
         dev = C.torch_device()
-        torch_side = (tb.torch_vlm_from_ours(model, model_cfg, dev), dev)
+        tmodel = tb.torch_vlm_from_ours(model, model_cfg, dev)
+        if model_cfg.remat:  # the same memory/compute trade as our per-layer remat
+            tmodel.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch_side = (tmodel, dev)
     return sh, model_cfg, mesh, est, model, batch, torch_side
 
 

@@ -200,3 +200,31 @@ def test_nothing_succeeded_exits_1(tmp_path):
     assert prepare(cfg) == 1
     m = json.load(open(tmp_path / "prep" / "manifest.json"))
     assert m["slides_ok"] == [] and m["slides_failed"][0]["path"].endswith("only.svs")
+
+
+def test_precomputed_features_and_reference_conversations(tmp_path, shared_dir):
+    """features_dir with a TRIDENT h5 and a SlideChat CSV, reports = the reference's JSON."""
+    from data_prep.cli import prepare
+    from pathreasoner_jax.data.store import SampleSource, SlideStore
+    from pathreasoner_jax.slides.h5io import FeatureFile, write_features_h5
+    fd = tmp_path / "feats"
+    fd.mkdir()
+    tcga = "TCGA-GV-A40G-01Z-00-DX1.AD1A709F-A10C-4E69-B4ED-6361777361FD"
+    rng = np.random.default_rng(0)
+    write_features_h5(str(fd / f"{tcga}.h5"), FeatureFile(rng.normal(size=(12, 512)).astype(np.float32),
+                                                          np.arange(24).reshape(12, 2) * 256, {"patch_size": 256}))
+    (fd / "chat.csv").write_text("x,y," + ",".join(map(str, range(512))) + "\n"
+                                 + "\n".join(f"{i * 256},0," + ",".join(["0.5"] * 512) for i in range(3)) + "\n")
+    ref = os.path.join(shared_dir, "reference-format", "llava_conversations_example.json")
+    cfg = load_config(None, [f"data.features_dir={fd}", f"data.reports_path={ref}",
+                             f"data.prep_dir={tmp_path / 'prep'}", "run.progress=false"])
+    assert prepare(cfg) == 0
+    m = json.load(open(tmp_path / "prep" / "manifest.json"))
+    assert sorted(m["slides_ok"]) == sorted([tcga, "chat"])
+    store = SlideStore(str(tmp_path / "prep"))
+    assert store[tcga].features.shape == (12, 512) and store["chat"].coords[:, 0].tolist() == [0, 256, 512]
+    assert store[tcga].cluster_ids.max() < 8
+    train = SampleSource(str(tmp_path / "prep"), "train")
+    assert [train[i].sample_id for i in range(len(train))] == ["train::0"]
+    missing = [f for f in m["samples_failed"] if "no features for slide" in f["error"]]
+    assert len(missing) == 10

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pathreasoner_jax.checkpoint import Checkpointer, restore_params
 from pathreasoner_jax.cli import UserError
-from pathreasoner_jax.data.encode import ExampleEncoder, bucket, evenly_spaced_patches
+from pathreasoner_jax.data.prompts import PromptBuilder
 from pathreasoner_jax.grpo.iteration import GRPOState, grpo_iteration
 from pathreasoner_jax.grpo.rewards import build_token_tables, compile_lexicon, compute_rewards
 from pathreasoner_jax.grpo.step import make_grpo_step
@@ -29,7 +29,6 @@ from pathreasoner_jax.runtime import Runtime
 from pathreasoner_jax.sft.step import trainable_filter
 
 log = logging.getLogger(__name__)
-REF_LEN = 32
 
 
 def default_init(rt: Runtime) -> str:
@@ -38,47 +37,6 @@ def default_init(rt: Runtime) -> str:
         if os.path.exists(os.path.join(d, "DONE")):
             return d
     return rt.path("checkpoints", "sft")
-
-
-class PromptBuilder:
-    """Samples → fixed-shape prompt batches with the reward context of each prompt."""
-
-    def __init__(self, rt: Runtime, samples, slides, entities):
-        self.rt, self.samples, self.slides = rt, samples, slides
-        self.enc = ExampleEncoder(rt.tokenizer, rt.ids.image, rt.cfg.data.sample_num)
-        self.index = entities.index
-        longest_q = max(len(self.enc.prompt_ids(samples[i].question, 0)) for i in range(min(len(samples), 64)))
-        self.prompt_len = bucket(rt.cfg.data.sample_num + longest_q, rt.cfg.data.length_buckets)
-        self.order = np.random.default_rng(rt.cfg.run.seed).permutation(len(samples))
-
-    def sample_at(self, i: int):
-        return self.samples[int(self.order[i % len(self.order)])]
-
-    def batch(self, positions: list[int]) -> dict:
-        """Prompt batch for the given positions of the shuffled order."""
-        cfg, ids = self.rt.cfg, self.rt.ids
-        rows = [self.sample_at(i) for i in positions]
-        n, tp, p = len(rows), self.prompt_len, cfg.data.sample_num
-        f = self.slides[rows[0].slide_id].features.shape[1]
-        out = {"ids": np.full((n, tp), ids.pad, np.int32), "text_valid": np.zeros((n, tp), bool),
-               "features": np.zeros((n, p, f), np.float32), "patch_valid": np.zeros((n, p), bool),
-               "gt_entities": np.zeros((n, max(len(self.index), 1)), np.float32),
-               "ref_ids": np.full((n, REF_LEN), ids.pad, np.int32), "ref_mask": np.zeros((n, REF_LEN), bool),
-               "position": np.asarray(positions, np.int64)}
-        for r, s in enumerate(rows):
-            slide = self.slides[s.slide_id]
-            idx = evenly_spaced_patches(slide.coords, np.arange(slide.num_patches), p)
-            prompt = self.enc.prompt_ids(s.question, len(idx))[-tp:]
-            out["ids"][r, tp - len(prompt):] = prompt  # left padding: the last prompt token at tp-1
-            out["text_valid"][r, tp - len(prompt):] = True
-            out["features"][r, :len(idx)] = slide.features[idx]
-            out["patch_valid"][r, :len(idx)] = True
-            for e in s.entities:
-                if e.lower() in self.index:
-                    out["gt_entities"][r, self.index[e.lower()]] = 1.0
-            ref = self.rt.tokenizer(s.answer, add_special_tokens=False)["input_ids"][:REF_LEN]
-            out["ref_ids"][r, :len(ref)], out["ref_mask"][r, :len(ref)] = ref, True
-        return {k: jnp.asarray(v) for k, v in out.items()}
 
 
 def make_judge_scorer(rt: Runtime, prompts: PromptBuilder):

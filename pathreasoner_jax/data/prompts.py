@@ -1,0 +1,61 @@
+"""Fixed-shape prompt batches (GRPO rollouts, evaluation) with each prompt's reward context.
+
+Every batch of a run has the same shape — prompt length bucket × `sample_num` patch
+slots, prompts left-padded so the last prompt token sits at the end — so generation and
+the GRPO update compile once.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from pathreasoner_jax.data.encode import ExampleEncoder, bucket, evenly_spaced_patches
+
+REF_LEN = 32
+
+
+class PromptBuilder:
+    """Samples → fixed-shape prompt batches with the reward context of each prompt."""
+
+    def __init__(self, rt, samples, slides, entities):
+        """rt: a `runtime.Runtime`; samples: random-access SampleRecords; entities: `store.Entities`."""
+        self.rt, self.samples, self.slides = rt, samples, slides
+        self.enc = ExampleEncoder(rt.tokenizer, rt.ids.image, rt.cfg.data.sample_num)
+        self.index = entities.index
+        longest_q = max(len(self.enc.prompt_ids(samples[i].question, 0)) for i in range(min(len(samples), 64)))
+        self.prompt_len = bucket(rt.cfg.data.sample_num + longest_q, rt.cfg.data.length_buckets)
+        self.order = np.random.default_rng(rt.cfg.run.seed).permutation(len(samples))
+
+    def sample_at(self, i: int):
+        return self.samples[int(self.order[i % len(self.order)])]
+
+    def batch(self, positions: list[int]) -> dict:
+        """Prompt batch for the given positions of the shuffled order."""
+        return self.batch_rows([self.sample_at(i) for i in positions], positions=positions)
+
+    def batch_rows(self, rows: list, slide_ids: list | None = None, positions: list | None = None) -> dict:
+        """Prompt batch for these samples; `slide_ids` overrides whose features each row gets."""
+        cfg, ids = self.rt.cfg, self.rt.ids
+        slide_ids = slide_ids or [s.slide_id for s in rows]
+        positions = positions if positions is not None else [-1] * len(rows)
+        n, tp, p = len(rows), self.prompt_len, cfg.data.sample_num
+        f = self.slides[rows[0].slide_id].features.shape[1]
+        out = {"ids": np.full((n, tp), ids.pad, np.int32), "text_valid": np.zeros((n, tp), bool),
+               "features": np.zeros((n, p, f), np.float32), "patch_valid": np.zeros((n, p), bool),
+               "gt_entities": np.zeros((n, max(len(self.index), 1)), np.float32),
+               "ref_ids": np.full((n, REF_LEN), ids.pad, np.int32), "ref_mask": np.zeros((n, REF_LEN), bool),
+               "position": np.asarray(positions, np.int64)}
+        for r, (s, sid) in enumerate(zip(rows, slide_ids)):
+            slide = self.slides[sid]
+            idx = evenly_spaced_patches(slide.coords, np.arange(slide.num_patches), p)
+            prompt = self.enc.prompt_ids(s.question, len(idx))[-tp:]
+            out["ids"][r, tp - len(prompt):] = prompt  # left padding: the last prompt token at tp-1
+            out["text_valid"][r, tp - len(prompt):] = True
+            out["features"][r, :len(idx)] = slide.features[idx]
+            out["patch_valid"][r, :len(idx)] = True
+            for e in s.entities:
+                if e.lower() in self.index:
+                    out["gt_entities"][r, self.index[e.lower()]] = 1.0
+            ref = self.rt.tokenizer(s.answer, add_special_tokens=False)["input_ids"][:REF_LEN]
+            out["ref_ids"][r, :len(ref)], out["ref_mask"][r, :len(ref)] = ref, True
+        return {k: jnp.asarray(v) for k, v in out.items()}
