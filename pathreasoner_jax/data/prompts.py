@@ -17,12 +17,13 @@ REF_LEN = 32
 class PromptBuilder:
     """Samples → fixed-shape prompt batches with the reward context of each prompt."""
 
-    def __init__(self, rt, samples, slides, entities):
+    def __init__(self, rt, samples, slides, entities, extra_questions=()):
         """rt: a `runtime.Runtime`; samples: random-access SampleRecords; entities: `store.Entities`."""
         self.rt, self.samples, self.slides = rt, samples, slides
         self.enc = ExampleEncoder(rt.tokenizer, rt.ids.image, rt.cfg.data.sample_num)
         self.index = entities.index
-        longest_q = max(len(self.enc.prompt_ids(samples[i].question, 0)) for i in range(min(len(samples), 64)))
+        questions = [samples[i].question for i in range(min(len(samples), 64))] + list(extra_questions)
+        longest_q = max(len(self.enc.prompt_ids(q, 0)) for q in questions)
         self.prompt_len = bucket(rt.cfg.data.sample_num + longest_q, rt.cfg.data.length_buckets)
         self.order = np.random.default_rng(rt.cfg.run.seed).permutation(len(samples))
 

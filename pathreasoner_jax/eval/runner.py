@@ -1,0 +1,138 @@
+"""`pathreasoner eval`: greedy generation on a held-out split, metrics and comparisons.
+
+Models evaluated (each when available): `untrained` (the random initialisation, the
+baseline for format compliance), `sft` (the last finished SFT stage) and `grpo`. The
+final model (grpo, else sft) is also run with shuffled slide features — each sample
+gets another sample's slide — to show that answers depend on the slide. The top-level
+keys of metrics.json are the final model's (SPEC §9); `models` holds every model's and
+`comparisons` the three checks of the end-to-end demo.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from pathreasoner_jax.checkpoint import restore_params
+from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.data.prompts import PromptBuilder
+from pathreasoner_jax.eval.metrics import compute_metrics
+from pathreasoner_jax.generate import SamplingParams, sample
+from pathreasoner_jax.grpo.trainer import default_init, make_reward_fn
+from pathreasoner_jax.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def decode_completions(tok, tokens, mask) -> list[str]:
+    """Completion text with the tags kept; EOS and padding dropped."""
+    out = []
+    for row, m in zip(np.asarray(tokens), np.asarray(mask)):
+        text = tok.decode([int(t) for t, keep in zip(row, m) if keep], skip_special_tokens=False)
+        out.append(text.replace("<|im_end|>", "").replace("<|endoftext|>", "").strip())
+    return out
+
+
+def generate(rt: Runtime, model, builder: PromptBuilder, rows, slide_ids, max_new: int, batch_size: int,
+             reward_fn=None, desc: str = "eval"):
+    """Greedy completions (texts) and, with `reward_fn`, their total rewards."""
+    params = SamplingParams(max_new_tokens=max_new, greedy=True)
+    texts, rewards = [], []
+    for i in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not rt.cfg.run.progress):
+        chunk, sids = rows[i:i + batch_size], slide_ids[i:i + batch_size]
+        n = len(chunk)
+        chunk = chunk + [chunk[-1]] * (batch_size - n)  # one compiled shape
+        sids = sids + [sids[-1]] * (batch_size - n)
+        prompts = builder.batch_rows(chunk, sids)
+        out = sample(model, prompts["ids"], prompts["text_valid"], prompts["features"], prompts["patch_valid"],
+                     jax.random.key(0), params=params, eos_id=rt.ids.eos, pad_id=rt.ids.pad)
+        texts += decode_completions(rt.tokenizer, out["tokens"], out["mask"])[:n]
+        if reward_fn is not None:
+            rewards += np.asarray(reward_fn(out, prompts)["total"])[:n].tolist()
+    return texts, rewards
+
+
+def evaluate_model(rt, model, builder, rows, slide_ids, lexicon, reward_fn, desc) -> tuple[dict, list[str]]:
+    cfg = rt.cfg.eval
+    texts, rewards = generate(rt, model, builder, rows, slide_ids, cfg.max_new_tokens, cfg.batch_size,
+                              reward_fn, desc)
+    refs = [s.trajectory for s in rows]
+    metrics = compute_metrics(texts, refs, [s.category for s in rows], lexicon,
+                              reference_entities=[set(s.entities) for s in rows])
+    metrics["reward_mean"] = float(np.mean(rewards)) if rewards else None
+    return metrics, texts
+
+
+def checkpoints_to_evaluate(rt: Runtime) -> dict[str, str | None]:
+    found = {"untrained": None}
+    sft = default_init(rt)
+    if os.path.isdir(sft):
+        found["sft"] = sft
+    grpo = rt.path("checkpoints", "grpo")
+    if os.path.isdir(grpo):
+        found["grpo"] = grpo
+    return found
+
+
+def _final_model(rt: Runtime):
+    """The last trained model: grpo if present, else the last SFT stage."""
+    ckpts = checkpoints_to_evaluate(rt)
+    path = ckpts.get("grpo") or ckpts.get("sft")
+    if path is None:
+        raise UserError(f"{rt.path('checkpoints')}: no SFT or GRPO checkpoint (run `pathreasoner sft`)")
+    model = rt.build_model()
+    restore_params(path, model)
+    return model
+
+
+def run_evaluation(rt: Runtime, limit: int | None = None) -> dict:
+    from pathreasoner_jax.data.store import SampleSource, SlideStore, load_entities
+
+    cfg = rt.cfg
+    samples = SampleSource(rt.prep_dir, cfg.eval.split)
+    if len(samples) == 0:
+        raise UserError(f"{rt.prep_dir}: split {cfg.eval.split!r} is empty")
+    rows = [samples[i] for i in range(len(samples) if limit is None else min(limit, len(samples)))]
+    entities = load_entities(rt.prep_dir)
+    slides = SlideStore(rt.prep_dir)
+    builder = PromptBuilder(rt, samples, slides, entities)
+    reward_fn = make_reward_fn(rt, entities, 1, builder)
+    lexicon = entities["entities"]
+    true_ids = [s.slide_id for s in rows]
+    perm = np.random.default_rng(cfg.run.seed).permutation(len(rows))
+    shuffled_ids = [true_ids[(j + 1) % len(rows)] if j == i else true_ids[j] for i, j in enumerate(perm)]
+    results, outputs = {}, {}
+    ckpts = checkpoints_to_evaluate(rt)
+    if len(ckpts) == 1:
+        raise UserError(f"{rt.path('checkpoints')}: no SFT or GRPO checkpoint to evaluate (run `pathreasoner sft`)")
+    final = "grpo" if "grpo" in ckpts else "sft"
+    for name, path in ckpts.items():
+        model = rt.build_model()
+        if path:
+            restore_params(path, model)
+        results[name], outputs[name] = evaluate_model(rt, model, builder, rows, true_ids, lexicon, reward_fn, name)
+        if name == final:
+            results[f"{name}_shuffled_slides"], _ = evaluate_model(rt, model, builder, rows, shuffled_ids, lexicon,
+                                                                   reward_fn, f"{name} (shuffled slides)")
+    n_classes = len({s.answer for s in rows})
+    comparisons = {
+        "format_compliance_sft": results["sft"]["format_compliance"] if "sft" in results else None,
+        "format_compliance_untrained": results["untrained"]["format_compliance"],
+        "answer_accuracy_true_slides": results[final]["answer_accuracy"],
+        "answer_accuracy_shuffled_slides": results[f"{final}_shuffled_slides"]["answer_accuracy"],
+        "answer_accuracy_chance": 1.0 / max(n_classes, 1),
+        "reward_mean_sft": results["sft"]["reward_mean"] if "sft" in results else None,
+        "reward_mean_grpo": results["grpo"]["reward_mean"] if "grpo" in results else None,
+    }
+    comparisons["grpo_reward_above_sft"] = (None if comparisons["reward_mean_grpo"] is None else
+                                            bool(comparisons["reward_mean_grpo"] > comparisons["reward_mean_sft"]))
+    comparisons["slide_matters"] = bool(comparisons["answer_accuracy_true_slides"] >
+                                        comparisons["answer_accuracy_shuffled_slides"])
+    out = dict(results[final])
+    out.update(model=final, split=cfg.eval.split, models=results, comparisons=comparisons,
+               examples=[{"sample_id": s.sample_id, "reference": s.trajectory, "prediction": p}
+                         for s, p in zip(rows[:5], outputs[final][:5])])
+    return out
