@@ -23,7 +23,7 @@ def bench_prep(cfg, repeats: int = 3, slide_path: str = "") -> dict:
     from pathreasoner_jax.slides.tiling import plan_tiles
 
     d = cfg.data
-    path = slide_path or fetch_cmu_small_region(getattr(d, "cache_dir", "") or os.path.join(".cache", "demo"))
+    path = slide_path or fetch_cmu_small_region(d.cache_dir or os.path.join(".cache", "demo"))
     slide = open_slide(path)
     plan = plan_tiles(slide, path, d.target_magnification, d.patch_size, d.default_magnification)
     raw = []
@@ -36,7 +36,7 @@ def bench_prep(cfg, repeats: int = 3, slide_path: str = "") -> dict:
     enc = build_encoder(d.encoder, d.encoder_weights)
     kw = dict(target_magnification=d.target_magnification, patch_size=d.patch_size,
               default_magnification=d.default_magnification, num_clusters=d.num_clusters,
-              num_threads=int(getattr(d, "read_threads", 4)))
+              num_threads=int(d.read_threads))
     extract_slide(path, enc, **kw)  # warm-up: compile the encoder
     full = []
     for _ in range(repeats):

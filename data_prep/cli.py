@@ -56,7 +56,7 @@ def prepare(cfg, num_workers: int = 1, worker_index: int = -1, merge_only: bool 
     inp = resolve_inputs(cfg)
     os.makedirs(inp.prep_dir, exist_ok=True)
     kg = load_kg(inp.kg_path, inp.kg_format)
-    linker = EntityLinker(kg, fuzzy_threshold=float(getattr(cfg.data, "fuzzy_threshold", 0.88)))
+    linker = EntityLinker(kg, fuzzy_threshold=float(cfg.data.fuzzy_threshold))
     config_hash = prep_fingerprint(cfg)
     ctx = None
     if inp.reports:
@@ -65,8 +65,8 @@ def prepare(cfg, num_workers: int = 1, worker_index: int = -1, merge_only: bool 
         except WriterError as e:
             raise UserError(str(e)) from None
         ctx = SampleContext(kg, linker, writer, augment=int(cfg.data.augment_per_sample),
-                            max_paths=int(getattr(cfg.data, "max_paths_per_pair", 50)),
-                            top_k=int(getattr(cfg.data, "paths_top_k", 3)), reports_path=inp.reports_path,
+                            max_paths=int(cfg.data.max_paths_per_pair),
+                            top_k=int(cfg.data.paths_top_k), reports_path=inp.reports_path,
                             kg_hash=_file_hash(kg.source))
     reference, ref_fail = [], []
     if inp.reference_path:
@@ -77,7 +77,7 @@ def prepare(cfg, num_workers: int = 1, worker_index: int = -1, merge_only: bool 
         if sid not in have:  # reports without a slide must not take val/test places
             continue
         lab = ""
-        if len(inp.reports) <= int(getattr(cfg.data, "stratify_max", 5000)):
+        if len(inp.reports) <= int(cfg.data.stratify_max):
             try:
                 lab = kg.name(analyse_report(linker, rep["report"], rep.get("diagnosis", "")).diagnosis)
             except SampleError:
@@ -110,9 +110,7 @@ def prep_fingerprint(cfg) -> str:
     import hashlib
     import json
     d = {k: v for k, v in cfg.to_dict()["data"].items() if k not in _TRAINING_ONLY}
-    extra = {k: getattr(cfg.data, k) for k in dir(cfg.data) if not k.startswith("_") and k not in d
-             and k not in _TRAINING_ONLY and not callable(getattr(cfg.data, k))}
-    blob = json.dumps({"data": d, "extra": extra, "seed": cfg.run.seed}, sort_keys=True, default=str)
+    blob = json.dumps({"data": d, "seed": cfg.run.seed}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

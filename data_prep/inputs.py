@@ -42,7 +42,7 @@ def prep_dir_of(cfg) -> str:
 
 
 def demo_requested(cfg) -> bool:
-    flag = getattr(cfg.data, "demo_corpus", None)
+    flag = cfg.data.demo_corpus
     if flag is not None:
         return bool(flag)
     d = cfg.data
@@ -82,9 +82,9 @@ def resolve_inputs(cfg) -> PrepInputs:
     if demo:
         from data_prep.demo.corpus import generate_demo_corpus
         from data_prep.demo.fetch import fetch_cmu_small_region
-        cache = getattr(d, "cache_dir", "") or os.path.join(".cache", "demo")
-        n = int(getattr(d, "demo_num_slides", 48))
-        seed = int(getattr(d, "demo_seed", cfg.run.seed))
+        cache = d.cache_dir or os.path.join(".cache", "demo")
+        n = int(d.demo_num_slides)
+        seed = (d.demo_seed if d.demo_seed >= 0 else cfg.run.seed)
         try:
             cmu = fetch_cmu_small_region(cache)
         except UserError as e:  # offline: the synthetic slides alone still make a corpus

@@ -36,8 +36,8 @@ class SlideSettings:
     def from_config(cls, d, progress: bool = False) -> "SlideSettings":
         return cls(encoder=d.encoder, target_magnification=float(d.target_magnification),
                    patch_size=int(d.patch_size), default_magnification=float(d.default_magnification),
-                   min_tissue=float(getattr(d, "min_tissue_fraction", 0.25)), num_clusters=int(d.num_clusters),
-                   num_threads=int(getattr(d, "read_threads", 4)), progress=progress)
+                   min_tissue=float(d.min_tissue_fraction), num_clusters=int(d.num_clusters),
+                   num_threads=int(d.read_threads), progress=progress)
 
     def stamp(self) -> dict:
         """The attributes a cached h5 must carry to be reused."""

@@ -167,12 +167,12 @@ class OpenAIWriter:
 
 
 def build_writer(cfg_data) -> TemplateWriter | OpenAIWriter:
-    kind = getattr(cfg_data, "reasoning_writer", "template")
+    kind = cfg_data.reasoning_writer
     if kind == "template":
         return TemplateWriter()
     if kind == "openai":
         return OpenAIWriter(cfg_data.reasoning_url, cfg_data.reasoning_model, cfg_data.reasoning_api_key_env,
-                            timeout_s=float(getattr(cfg_data, "reasoning_timeout_s", 60.0)),
-                            retries=int(getattr(cfg_data, "reasoning_retries", 3)),
-                            concurrency=int(getattr(cfg_data, "reasoning_concurrency", 4)))
+                            timeout_s=float(cfg_data.reasoning_timeout_s),
+                            retries=int(cfg_data.reasoning_retries),
+                            concurrency=int(cfg_data.reasoning_concurrency))
     raise WriterError(f"unknown data.reasoning_writer {kind!r} (template | openai)")

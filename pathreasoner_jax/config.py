@@ -105,6 +105,19 @@ class DataConfig:
     shuffle_seed: int = 0
     num_workers: int = 0
     splits: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    demo_corpus: Optional[bool] = None  # None : build the demo corpus when no inputs are configured
+    cache_dir: str = ".cache/demo"
+    demo_num_slides: int = 48
+    demo_seed: int = -1  # -1 : run.seed
+    min_tissue_fraction: float = 0.25
+    read_threads: int = 4
+    fuzzy_threshold: float = 0.88
+    max_paths_per_pair: int = 50
+    paths_top_k: int = 3
+    stratify_max: int = 5000
+    reasoning_timeout_s: float = 60.0
+    reasoning_retries: int = 3
+    reasoning_concurrency: int = 4
 
 
 @dataclass

@@ -55,7 +55,8 @@ def test_bench_rewards_writes_result(tmp_path, monkeypatch):
     assert bench.run_bench(args) == 0
     assert seen == {"batch_sizes": (8,), "repeats": 2}
     files = os.listdir(tmp_path)
-    assert files == ["cpu-rewards-demo.json"]  # no temporary file left behind
+    slug = bench_common.device_slug(bench_common.device_info())  # "cpu-x8" under the tests' 8 CPU devices
+    assert files == [f"{slug}-rewards-demo.json"]  # and no temporary file left behind
     rec = json.loads((tmp_path / files[0]).read_text())
     assert rec["bench"] == "rewards" and rec["results"][0]["speedup"] == 10.0
     assert rec["device"]["platform"] == "cpu" and rec["versions"]["jax"]
@@ -75,13 +76,14 @@ def test_bench_sft_end_to_end_tiny(tmp_path):
     overrides = ["model.llm.vocab_size=128", "model.llm.hidden_size=32", "model.llm.intermediate_size=64",
                  "model.llm.num_heads=2", "model.llm.num_kv_heads=1", "model.slide.width=32", "model.slide.ffn_dim=32",
                  "model.slide.num_heads=2", "model.slide.dropout=0.0", "model.slide.drop_path=0.0",
-                 "bench.slide_tokens=16", "bench.seq_len=40", "bench.batch=2", "bench.warmup=1", "bench.repeats=2"]
+                 "bench.slide_tokens=16", "bench.seq_len=40", "bench.batch=8", "bench.warmup=1", "bench.repeats=2"]
     args = argparse.Namespace(which="sft", config=os.path.join(ROOT, "configs", "demo.yaml"), overrides=overrides,
                               baseline="torch", out=str(tmp_path))
     assert bench.run_bench(args) == 0
-    rec = json.loads((tmp_path / "cpu-sft-demo.json").read_text())
+    (name,) = os.listdir(tmp_path)
+    rec = json.loads((tmp_path / name).read_text())
     ours, theirs = rec["results"]["ours"], rec["results"]["torch"]
     assert abs(ours["first_result"] - theirs["first_result"]) < 1e-4
-    assert len(ours["times_s"]) == 2 and ours["tokens_per_s"] == pytest.approx(80 / ours["median_s"])
+    assert len(ours["times_s"]) == 2 and ours["tokens_per_s"] == pytest.approx(8 * 40 / ours["median_s"])
     assert ours["speedup_vs_torch"] == pytest.approx(theirs["median_s"] / ours["median_s"])
     assert rec["flops_per_step"]["convention"] > 0 and ours["mfu"] is None  # CPU: no peak

@@ -280,3 +280,20 @@ def test_whitespace_table(rw):
         assert tok.decode([int(i)]).isspace()
     assert not ws[list(rw["sid"].tags) + [rw["sid"].eos, rw["sid"].pad]].any()
     assert ws[_enc(tok, "\n")].all()
+
+
+def test_semantic_scores_from_the_caller(rw):
+    """semantic="judge"/"self": the caller's scores enter the total (alpha·entity + format + semantic)."""
+    tok, sid = rw["tok"], rw["sid"]
+    rows = [_enc(tok, "<observe>necrosis</observe><think>carcinoma</think><answer>IDC</answer>") + [sid.eos],
+            _enc(tok, "no tags at all, necrosis")]
+    ids, mask = _pad(rows, max(map(len, rows)), fill=sid.pad)
+    gt = np.zeros((2, E), bool)
+    gt[:, 4] = True  # necrosis
+    args = (jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(gt), jnp.asarray(rw["sim"]), rw["tables"], rw["lex"])
+    out = R.compute_rewards(*args, semantic_b=jnp.array([0.25, 0.75]), semantic="judge", alpha=0.5)
+    d0 = 2 * (1 + 0.5 * rw["sim"][2, 4]) / (2 + 1)  # P = {necrosis, carcinoma}, G = {necrosis}
+    np.testing.assert_allclose(np.asarray(out["entity"]), [d0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["total"]), [1 + 0.25 + 0.5 * d0, 0.75], atol=1e-6)
+    with pytest.raises(ValueError):
+        R.compute_rewards(*args, semantic="judge")
