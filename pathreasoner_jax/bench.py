@@ -89,9 +89,10 @@ def run_bench(args) -> int:
         result = _bench_prep(cfg, args.baseline)
     info = C.device_info()
     name = os.path.splitext(os.path.basename(args.config))[0]
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     record = {"bench": args.which, "config_name": name, "config_path": args.config, "overrides": list(args.overrides),
-              "baseline": args.baseline or None, "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-              "device": info, "versions": C.versions(), **result, "config": cfg.to_dict()}
+              "baseline": args.baseline or None, "created_utc": now, "device": info, "versions": C.versions(),
+              **result, "config": cfg.to_dict()}
     path = os.path.join(args.out, f"{C.device_slug(info)}-{args.which}-{name}.json")
     C.write_json_atomic(path, record)
     print(f"bench {args.which} ({name}, {info['device_kind']}):")

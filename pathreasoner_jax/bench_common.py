@@ -19,10 +19,12 @@ import jax
 from pathreasoner_jax.cli import UserError
 
 
-def time_sides(sides: dict[str, Callable[[int], object]], warmup: int, repeats: int) -> dict:
+def time_sides(sides: dict[str, Callable[[int], object]], warmup: int, repeats: int, profile_dir: str = "",
+               profile_side: str = "ours") -> dict:
     """Calls every side `warmup` times (the first call compiles), then `repeats` timed rounds,
     interleaved side by side so that drift on a shared machine hits all sides alike.
-    Each callable runs one step and returns only when its device work is done."""
+    Each callable runs one step and returns only when its device work is done. With
+    `profile_dir`, one more untimed call of `profile_side` runs under the JAX profiler."""
     out = {name: {"warmup_s": [], "times_s": []} for name in sides}
     step = 0
     for _ in range(max(warmup, 1)):
@@ -38,6 +40,9 @@ def time_sides(sides: dict[str, Callable[[int], object]], warmup: int, repeats: 
             fn(step)
             out[name]["times_s"].append(time.perf_counter() - t0)
         step += 1
+    if profile_dir and profile_side in sides:
+        with jax.profiler.trace(profile_dir):
+            sides[profile_side](step)
     for rec in out.values():
         rec["median_s"] = statistics.median(rec["times_s"]) if rec["times_s"] else None
         rec["first_call_s"] = rec["warmup_s"][0]
@@ -146,6 +151,9 @@ def write_json_atomic(path: str, obj: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

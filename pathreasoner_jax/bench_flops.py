@@ -90,5 +90,6 @@ def rollout_flops(model_cfg, prompts: int, group: int, prompt_len: int, patches:
     attn_unit = 4 * llm.num_layers * llm.num_heads * _head_dim(llm)
     prefill = 2 * (n_mm - head) * prompts * prompt_len + 2 * head * prompts + attn_unit * prompts * prompt_len ** 2
     rows = prompts * group
-    decode = 2 * n_mm * rows * new_tokens + attn_unit * rows * (new_tokens * prompt_len + new_tokens * (new_tokens + 1) // 2)
+    context_sum = new_tokens * prompt_len + new_tokens * (new_tokens + 1) // 2  # Σ_i (prompt_len + i)
+    decode = 2 * n_mm * rows * new_tokens + attn_unit * rows * context_sum
     return slide_fwd(model_cfg, prompts, patches) + prefill + decode

@@ -118,7 +118,7 @@ def bench_sft(cfg, baseline: str = "") -> dict:
             C.torch_sync(dev)
             return float(loss)
         sides["torch"] = torch_side_fn
-    timings = C.time_sides(sides, warmup, repeats)
+    timings = C.time_sides(sides, warmup, repeats, cfg.bench.profile_dir)
     flops = bench_flops.sft_step_flops(model_cfg, cfg.sft, sh["batch"], sh["seq_len"], sh["patches"])
     out = _finish(cfg, sh, model_cfg, mesh, est, timings, sh["batch"] * sh["seq_len"], flops["convention"],
                   "tokens_per_s", torch_side[1] if torch_side else None)
@@ -163,7 +163,7 @@ def bench_rollout(cfg, baseline: str = "") -> dict:
             C.torch_sync(dev)
             return int(out.numel())
         sides["torch"] = torch_fn
-    timings = C.time_sides(sides, cfg.bench.warmup, cfg.bench.repeats)
+    timings = C.time_sides(sides, cfg.bench.warmup, cfg.bench.repeats, cfg.bench.profile_dir)
     work = sh["batch"] * g * n
     for name, rec in timings.items():
         if rec["first_result"] != work:

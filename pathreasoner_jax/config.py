@@ -230,6 +230,7 @@ class BenchConfig:
     warmup: int = 2  # untimed calls per side (the first compiles)
     repeats: int = 5  # timed calls per side; the report gives the median
     rewards_batch_sizes: list[int] = field(default_factory=lambda: [64, 256, 1024])
+    profile_dir: str = ""  # set: one extra call of our side under jax.profiler.trace(profile_dir)
 
 
 @dataclass

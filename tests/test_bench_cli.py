@@ -87,3 +87,11 @@ def test_bench_sft_end_to_end_tiny(tmp_path):
     assert len(ours["times_s"]) == 2 and ours["tokens_per_s"] == pytest.approx(8 * 40 / ours["median_s"])
     assert ours["speedup_vs_torch"] == pytest.approx(theirs["median_s"] / ours["median_s"])
     assert rec["flops_per_step"]["convention"] > 0 and ours["mfu"] is None  # CPU: no peak
+
+
+def test_profile_runs_one_more_call_of_ours_under_the_profiler(tmp_path):
+    calls = []
+    sides = {"ours": lambda i: calls.append(("ours", i)), "torch": lambda i: calls.append(("torch", i))}
+    bench_common.time_sides(sides, warmup=1, repeats=1, profile_dir=str(tmp_path / "trace"))
+    assert calls[-1] == ("ours", 2) and len(calls) == 5
+    assert any(f.endswith(".xplane.pb") for _, _, fs in os.walk(tmp_path / "trace") for f in fs)

@@ -21,7 +21,8 @@ class PromptBuilder:
         """rt: a `runtime.Runtime`; samples: random-access SampleRecords; entities: `store.Entities`."""
         self.rt, self.samples, self.slides = rt, samples, slides
         self.enc = ExampleEncoder(rt.tokenizer, rt.ids.image, rt.cfg.data.sample_num)
-        self.index = entities.index
+        self.index = entities.index  # lower-case name or synonym → entity
+        self.num_entities = max(len(entities.names), 1)
         questions = [samples[i].question for i in range(min(len(samples), 64))] + list(extra_questions)
         longest_q = max(len(self.enc.prompt_ids(q, 0)) for q in questions)
         self.prompt_len = bucket(rt.cfg.data.sample_num + longest_q, rt.cfg.data.length_buckets)
@@ -43,7 +44,7 @@ class PromptBuilder:
         f = self.slides[rows[0].slide_id].features.shape[1]
         out = {"ids": np.full((n, tp), ids.pad, np.int32), "text_valid": np.zeros((n, tp), bool),
                "features": np.zeros((n, p, f), np.float32), "patch_valid": np.zeros((n, p), bool),
-               "gt_entities": np.zeros((n, max(len(self.index), 1)), np.float32),
+               "gt_entities": np.zeros((n, self.num_entities), np.float32),
                "ref_ids": np.full((n, REF_LEN), ids.pad, np.int32), "ref_mask": np.zeros((n, REF_LEN), bool),
                "position": np.asarray(positions, np.int64)}
         for r, (s, sid) in enumerate(zip(rows, slide_ids)):

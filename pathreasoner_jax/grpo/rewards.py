@@ -132,18 +132,21 @@ def _windows(ids_bt: jax.Array, n: int, fill: int = -1) -> jax.Array:
     """(B, T, n): entry [b, t, j] = ids[b, t + j], `fill` past the end."""
     b, t = ids_bt.shape
     ext = jnp.concatenate([ids_bt, jnp.full((b, n), fill, ids_bt.dtype)], axis=1)
-    return jnp.stack([ext[:, j:j + t] for j in range(n)], axis=-1)
+    return ext[:, jnp.arange(t)[:, None] + jnp.arange(n)]  # one gather, whatever n
 
 
 def _window_keys(ids_bt: jax.Array, max_len: int, seed: int) -> jax.Array:
     """(B, T, Lmax) uint32: [b, t, l-1] hashes ids[b, t:t+l] (l included in the hash)."""
     win = _windows(ids_bt.astype(jnp.int32), max_len).astype(jnp.uint32)  # -1 wraps; never in a pattern
-    h = jnp.full(ids_bt.shape, seed, jnp.uint32)
-    keys = []
-    for j in range(max_len):
-        h = h * _MUL + win[..., j] + jnp.uint32(1)
-        keys.append(_fmix32(h ^ jnp.uint32(((j + 1) * 0x9E3779B9) & 0xFFFFFFFF)))
-    return jnp.stack(keys, axis=-1)
+
+    def step(h, xs):  # a scan, not an unrolled loop: compile time independent of Lmax
+        tok, salt = xs
+        h = h * _MUL + tok + jnp.uint32(1)
+        return h, _fmix32(h ^ salt)
+
+    salts = jnp.asarray([((j + 1) * 0x9E3779B9) & 0xFFFFFFFF for j in range(max_len)], jnp.uint32)
+    _, keys = jax.lax.scan(step, jnp.full(ids_bt.shape, seed, jnp.uint32), (jnp.moveaxis(win, -1, 0), salts))
+    return jnp.moveaxis(keys, 0, -1)
 
 
 def compile_lexicon(tok, surfaces: Sequence[tuple[str, int]], num_entities: int,
@@ -245,8 +248,12 @@ def entities_found(ids_bt: jax.Array, mask_bt: jax.Array, tables: TokenTables,
     hit = (lex.keys_u[u] == keys) & ((meta & 0xFF) == ls)
     # verify the ids, so hash collisions with non-patterns can never match
     win = _windows(ids, lmax)
-    for j in range(lmax):  # one offset at a time: (B,T,L) live, not (B,T,L,L)
-        hit &= (win[:, :, j, None] == lex.pat_ul[u, j]) | (j >= ls)
+
+    def verify(j, hit):  # one offset at a time: (B,T,L) live, not (B,T,L,L)
+        w = jax.lax.dynamic_index_in_dim(win, j, axis=2, keepdims=True)
+        return hit & ((w == lex.pat_ul[u, j]) | (j >= ls))
+
+    hit = jax.lax.fori_loop(0, lmax, verify, hit)
     # word boundaries from the neighbouring tokens
     prev_last = jnp.pad(_lookup(tables.last_alnum_v, ids), ((0, 0), (1, 0)))[:, :t]
     next_first = _windows(_lookup(tables.first_alnum_v, ids), lmax + 1, fill=False)[:, :, 1:]  # [b,t,l-1] at t+l
@@ -259,7 +266,7 @@ def entities_found(ids_bt: jax.Array, mask_bt: jax.Array, tables: TokenTables,
         span = tag_span(ids, valid, o_id, c_id).astype(jnp.int32)
         c = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), jnp.cumsum(span, axis=1)], axis=1)
         c = jnp.pad(c, ((0, 0), (0, lmax)), mode="edge")                       # (B, T+1+L)
-        ends = jnp.stack([c[:, l:l + t] for l in range(1, lmax + 1)], axis=-1)  # C[t+l]
+        ends = c[:, jnp.arange(t)[:, None] + ls]                               # C[t+l]
         inside |= (ends - c[:, :t, None]) == ls
     hit &= inside
     ent = lex.ent_uk[u]                                                        # (B,T,L,K)

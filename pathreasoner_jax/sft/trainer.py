@@ -43,8 +43,14 @@ def load_priors(path: str) -> dict:
     """The pseudo-bag prior cache (SPEC §5 npz: prior::<id>, cluster_ids::<id>, __meta__)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: pseudo-bag prior cache missing (run `pathreasoner prior` first)")
+    out = {}
     with np.load(path, allow_pickle=False) as z:
-        return {k.split("::", 1)[1]: np.asarray(z[k], np.float64) for k in z.files if k.startswith("prior::")}
+        for k in z.files:
+            if k.startswith("prior::"):
+                p = np.asarray(z[k], np.float64)
+                if p.sum() > 0:  # renormalise: the cache is float32-rounded
+                    out[k.split("::", 1)[1]] = p / p.sum()
+    return out
 
 
 def prior_path(rt: Runtime) -> str:
