@@ -1,0 +1,27 @@
+"""Prints the slide file of the first test-split sample of the demo corpus (for `infer`)."""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+
+from pathreasoner_jax.config import load_config
+from pathreasoner_jax.data.store import SampleSource
+from pathreasoner_jax.runtime import prep_dir
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    sample = SampleSource(prep_dir(cfg), "test")[0]
+    hits = glob.glob(os.path.join(cfg.data.cache_dir, "corpus-*", "slides", sample.slide_id + ".*"))
+    if not hits:
+        raise SystemExit(f"slide file of {sample.slide_id} not found under {cfg.data.cache_dir}")
+    print(hits[0])
+
+
+if __name__ == "__main__":
+    main()
