@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # intermixed: `bench sft --config X k=v` puts positionals on both sides of an option
+    args = build_parser().parse_intermixed_args(argv)
     target, _ = COMMANDS[args.command]
     module_name, fn_name = target.split(":")
     try:

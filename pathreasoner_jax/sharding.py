@@ -56,9 +56,10 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
         if n % known:
             raise ValueError(f"mesh: {n} devices are not divisible by {known}")
         sizes[sizes.index(-1)] = n // known
-    if math.prod(sizes) != n:
-        raise ValueError(f"mesh: data*fsdp*tensor = {math.prod(sizes)} but {n} devices are present")
-    arr = np.asarray(devices).reshape(sizes)
+    if math.prod(sizes) > n or n % math.prod(sizes):
+        raise ValueError(f"mesh: data*fsdp*tensor = {math.prod(sizes)} does not fit the {n} devices present")
+    # fully specified and smaller than the machine (a debugging run): the first devices
+    arr = np.asarray(devices[:math.prod(sizes)]).reshape(sizes)
     return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 

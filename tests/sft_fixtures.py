@@ -47,3 +47,32 @@ def make_dataset(n_slides: int, dim: int = 16, patches: int = 12, seed: int = 0,
         f, r = CLASSES[names[c]]
         samples.append(SampleRecord(f"{sid}-q", sid, split, QUESTION, f, r, names[c], names[c], [names[c]]))
     return samples, slides
+
+
+def write_prep_dir(prep_dir: str, splits: dict, slides: dict, tokenizer_src: str) -> None:
+    """A prepared corpus as `prepare` lays it out: array_record shards, manifest,
+    entities.json and the tokenizer (so the CLI stages run on it)."""
+    import json
+    import os
+    import shutil
+
+    from data_prep.shards import write_shard
+    from pathreasoner_jax.records import encode_sample, encode_slide
+
+    os.makedirs(prep_dir, exist_ok=True)
+    ids = sorted(slides)
+    slide_shard = write_shard(os.path.join(prep_dir, "slides-00000-of-00001.array_record"),
+                              [encode_slide(slides[i]) for i in ids])
+    sample_shards = {}
+    for split in ("train", "val", "test"):
+        rows = splits.get(split, [])
+        sample_shards[split] = [write_shard(os.path.join(prep_dir, f"samples-{split}-00000-of-00001.array_record"),
+                                            [encode_sample(s) for s in rows])]
+    names = sorted({e for rows in splits.values() for s in rows for e in s.entities} |
+                   {f for f, _ in CLASSES.values() for f in f})
+    with open(os.path.join(prep_dir, "entities.json"), "w") as f:
+        json.dump({"entities": [{"name": n, "type": "finding", "synonyms": []} for n in names], "similarity": []}, f)
+    with open(os.path.join(prep_dir, "manifest.json"), "w") as f:
+        json.dump({"shards": {"slides": [slide_shard], "samples": sample_shards},
+                   "slide_index": {sid: [0, row] for row, sid in enumerate(ids)}}, f)
+    shutil.copytree(tokenizer_src, os.path.join(prep_dir, "tokenizer"), dirs_exist_ok=True)

@@ -55,6 +55,8 @@ def test_kl_folded_into_reward_like_the_reference():
 
 
 # ------------------------------------------------------------------ losses
+POLICY_LOSS = jax.jit(L.policy_loss, static_argnames=("clip_eps_low", "clip_eps_high", "agg", "max_len",
+                                                      "kl_mode", "kl_beta"))
 # B=2, T=3; ratios row 0 = [1, 1.5, .5] (A=+1), row 1 = [.7, 1.1, masked] (A=−2)
 MASK = jnp.array([[1, 1, 1], [1, 1, 0]], jnp.float32)
 OLD = jnp.array([[-1.0, -2.0, -0.5], [-1.2, -0.3, -0.1]])
@@ -68,7 +70,7 @@ K3_ROW0, K3_ROW1 = sum(K3[:3]), sum(K3[3:])
 
 
 def _loss(agg, **kw):
-    s, d, m = L.policy_loss(LOGP, OLD, ADV, MASK, agg=agg, **kw)
+    s, d, m = POLICY_LOSS(LOGP, OLD, ADV, MASK, agg=agg, **kw)
     return float(s), float(d), float(s / d), m
 
 
@@ -114,7 +116,7 @@ def test_k3_is_stable_and_masked_garbage_is_harmless():
     def f(logp):
         s, n, _ = L.policy_loss(logp, OLD, ADV, MASK, ref_logp_bt=REF, kl_mode="loss", agg="token-mean")
         return s / n
-    g = jax.grad(f)(LOGP.at[1, 2].set(-1e30))
+    g = jax.jit(jax.grad(f))(LOGP.at[1, 2].set(-1e30))
     assert np.all(np.isfinite(np.asarray(g))) and float(g[1, 2]) == 0.0
 
 
@@ -126,13 +128,13 @@ def test_first_step_ratio_one_and_exact_accumulation(agg):
     adv = jnp.asarray(rng.normal(size=b), jnp.float32)
     n = rng.integers(1, t + 1, b)
     mask = jnp.asarray(np.arange(t) < n[:, None], jnp.float32)
-    s, d, m = L.policy_loss(logp, logp, adv, mask, agg=agg, max_len=t)
+    s, d, m = POLICY_LOSS(logp, logp, adv, mask, agg=agg, max_len=t)
     want = {"seq-mean-token-mean": -float(adv.mean()),
             "token-mean": -float((adv * n).sum() / n.sum()),
             "seq-mean-token-sum-norm": -float((adv * n).sum() / (t * b))}[agg]
     assert abs(float(s / d) - want) < 1e-6 and float(m["ratio_mean"]) == 1.0
     # micro-batches: add sums and denominators → the full-batch loss
-    parts = [L.policy_loss(logp[i:i + 3], logp[i:i + 3], adv[i:i + 3], mask[i:i + 3], agg=agg, max_len=t)
+    parts = [POLICY_LOSS(logp[i:i + 3], logp[i:i + 3], adv[i:i + 3], mask[i:i + 3], agg=agg, max_len=t)
              for i in range(0, b, 3)]
     assert abs(sum(float(p[0]) for p in parts) / sum(float(p[1]) for p in parts) - float(s / d)) < 1e-6
 

@@ -17,7 +17,9 @@ def main() -> None:
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
     sample = SampleSource(prep_dir(cfg), "test")[0]
-    hits = glob.glob(os.path.join(cfg.data.cache_dir, "corpus-*", "slides", sample.slide_id + ".*"))
+    seed = cfg.data.demo_seed if cfg.data.demo_seed >= 0 else cfg.run.seed
+    corpus = os.path.join(cfg.data.cache_dir, f"corpus-s{seed}-n{cfg.data.demo_num_slides}")
+    hits = glob.glob(os.path.join(corpus, "slides", sample.slide_id + ".*"))
     if not hits:
         raise SystemExit(f"slide file of {sample.slide_id} not found under {cfg.data.cache_dir}")
     print(hits[0])

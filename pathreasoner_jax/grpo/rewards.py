@@ -34,14 +34,20 @@ Rules (the twins implement the same ones on text):
   Token and text rules agree whenever the text around a mention tokenizes as the
   compiled variants do, i.e. always for text the tokenizer produced, except (a) right
   after an apostrophe contraction the pre-tokenizer glues letters to ("'s", "'t", "'d",
-  "'m", "'ll", "'re", "'ve" directly before a surface) and (b) a non-ASCII character split
+  "'m", "'ll", "'re", "'ve" directly before a surface), (b) a non-ASCII character split
   across byte tokens at the edge of a mention (a byte fragment counts as non-alphanumeric),
   (c) a non-ASCII character the pre-tokenizer glues to the first word (Qwen glues any one
   non-letter, e.g. "“carcinoma"; add it to `prefixes` to cover it).
   Nested and overlapping mentions all count ("lobular carcinoma" also mentions "carcinoma").
+  (The reference lower-cases and matches substrings anywhere, so "carcinoma" inside
+  "adenocarcinoma" counted there; word boundaries stop that.) Lookup is a hash of every
+  id window of length ≤ Lmax, a binary search among the U pattern hashes and an exact
+  check of the ids: O(B·T·Lmax·log U), so U may be large (U ≈ surfaces × 3 case variants
+  × (1 + merged prefixes): ×2 for GPT-2-style, up to ×36 for Qwen-style pre-tokenizers).
 * Entity reward: Dice with the soft KG term, capped at 1, 0 when P and G are both empty.
 * `rouge`: ROUGE-L F1 = 2·LCS/(n_answer + n_reference) over token ids of the answer
-  span and the reference (0 without an answer span), whitespace tokens excluded on both sides; 0 when LCS = 0.
+  span and the reference, whitespace tokens excluded on both sides; 0 when LCS = 0 or
+  there is no answer span.
 * total = format + semantic + alpha·entity.
 """
 from __future__ import annotations
@@ -87,18 +93,15 @@ class EntityLexicon:
     seed: int = struct.field(pytree_node=False)
 
 
-def _decode1(tok, i: int) -> str:
-    return tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
 def build_token_tables(tok, sid: SpecialIds, vocab_size: Optional[int] = None) -> TokenTables:
     """Decodes every id once. `vocab_size` (the model's, may exceed len(tok)) sizes the tables."""
     n = len(tok)
     v = max(n, vocab_size or 0)
     ws, fa, la = np.zeros(v, bool), np.zeros(v, bool), np.zeros(v, bool)
     special = set(tok.all_special_ids) | set(sid.tags) | {sid.eos, sid.pad}
-    for i in range(n):
-        s = _decode1(tok, i)
+    texts = tok.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
+                             clean_up_tokenization_spaces=False)  # one batched call, not one per id
+    for i, s in enumerate(texts):
         if not s:
             continue
         ws[i] = s.isspace() and i not in special
@@ -336,6 +339,17 @@ SEMANTIC: dict[str, Callable] = {"rouge": rouge_l}
 
 
 @partial(jax.jit, static_argnames=("semantic", "max_gt"))
+def _compute_rewards(ids_bt, mask_bt, gt_be, sim_ee, tables, lex, ref_br, ref_mask_br, semantic_b, alpha, beta,
+                     semantic, max_gt):
+    fmt = format_reward(ids_bt, mask_bt, tables)
+    ent = entity_dice(entities_found(ids_bt, mask_bt, tables, lex), gt_be, sim_ee, beta, max_gt)
+    if semantic in SEMANTIC:
+        sem = SEMANTIC[semantic](ids_bt, mask_bt, ref_br, ref_mask_br, tables)
+    else:
+        sem = jnp.asarray(semantic_b, jnp.float32)
+    return {"format": fmt, "entity": ent, "semantic": sem, "total": fmt + sem + alpha * ent}
+
+
 def compute_rewards(ids_bt, mask_bt, gt_be, sim_ee, tables: TokenTables, lex: EntityLexicon,
                     ref_br=None, ref_mask_br=None, semantic_b=None, *, alpha=0.5, beta=0.5,
                     semantic: str = "rouge", max_gt: Optional[int] = None) -> dict:
@@ -346,14 +360,14 @@ def compute_rewards(ids_bt, mask_bt, gt_be, sim_ee, tables: TokenTables, lex: En
     gt_be (B,E) ground-truth multi-hot; sim_ee (E,E) KG similarity in [0,1];
     ref_br/ref_mask_br (B,R) reference answer ids + mask (semantic="rouge");
     semantic_b (B,) precomputed scores for semantic="judge"|"self" (SEMANTIC lists the
-    on-device ones).
+    on-device ones). The work is one jitted call; max_gt=None with a concrete gt_be picks
+    the soft-term width from the batch (the largest |G|, rounded up to a power of two, so
+    it stays exact at O(B·E·|G|) with few recompiles); inside another jit it falls back to E.
     """
-    fmt = format_reward(ids_bt, mask_bt, tables)
-    ent = entity_dice(entities_found(ids_bt, mask_bt, tables, lex), gt_be, sim_ee, beta, max_gt)
-    if semantic in SEMANTIC:
-        sem = SEMANTIC[semantic](ids_bt, mask_bt, ref_br, ref_mask_br, tables)
-    elif semantic_b is not None:
-        sem = jnp.asarray(semantic_b, jnp.float32)
-    else:
+    if semantic not in SEMANTIC and semantic_b is None:
         raise ValueError(f"semantic={semantic!r} is not computed on device: pass semantic_b")
-    return {"format": fmt, "entity": ent, "semantic": sem, "total": fmt + sem + alpha * ent}
+    if max_gt is None and not isinstance(gt_be, jax.core.Tracer):
+        k = int(np.asarray(gt_be).astype(bool).sum(1).max(initial=0))
+        max_gt = min(1 << max(k - 1, 0).bit_length(), gt_be.shape[1])
+    return _compute_rewards(ids_bt, mask_bt, gt_be, sim_ee, tables, lex, ref_br, ref_mask_br, semantic_b,
+                            alpha, beta, semantic, max_gt)

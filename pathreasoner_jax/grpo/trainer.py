@@ -90,6 +90,9 @@ def train_grpo(rt: Runtime, force: bool = False, stop_after: int | None = None) 
     init_from = g.init_from or default_init(rt)
     if not os.path.isdir(init_from):
         raise UserError(f"{init_from}: SFT checkpoint not found (run `pathreasoner sft` first or set grpo.init_from)")
+    from pathreasoner_jax.memory import report
+    from pathreasoner_jax.sft.trainer import _print0
+    report(cfg, rt.mesh, rt.model_cfg, log=_print0)
     model = rt.build_model()
     restore_params(init_from, model)  # the SFT weights: also the frozen reference policy
     lora = rt.model_cfg.lora.enabled

@@ -82,6 +82,8 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
     loader = SFTLoader(samples, slides, encoder, cfg.sft.batch_size, cfg.sft.epochs, cfg.run.seed,
                        cfg.data.length_buckets, rt.ids.pad)
     total = cfg.sft.max_steps or len(loader)
+    from pathreasoner_jax.memory import report
+    report(cfg, rt.mesh, rt.model_cfg, log=_print0)  # stops with a clear error when it cannot fit
     model = rt.build_model()
     init_from = cfg.sft.init_from or (rt.path("checkpoints", "sft") if cfg.sft.pseudo_bag else "")
     ck = Checkpointer(ckpt_dir, cfg.sft.keep_last)
@@ -134,6 +136,11 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
         with open(os.path.join(ckpt_dir, "DONE"), "w") as f:
             json.dump({"steps": total, "truncated_rows": loader.truncated}, f)
     return ckpt_dir
+
+
+def _print0(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
 
 
 def batch_valid_tokens(batch) -> np.ndarray:
