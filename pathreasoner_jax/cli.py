@@ -86,8 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # intermixed: `bench sft --config X k=v` puts positionals on both sides of an option
-    args = build_parser().parse_intermixed_args(argv)
+    parser = build_parser()
+    # `bench sft --config X k=v`: overrides after an option that follows a positional are
+    # left over by argparse; take them as overrides, reject anything else
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if "=" not in e or e.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = list(getattr(args, "overrides", None) or []) + extra
     target, _ = COMMANDS[args.command]
     module_name, fn_name = target.split(":")
     try:
