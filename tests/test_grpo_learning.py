@@ -22,13 +22,13 @@ IDS = SpecialIds(pad=0, eos=EOS, im_start=2, im_end=EOS, image=IMAGE, observe_op
                  think_open=6, think_close=7, answer_open=8, answer_close=9)
 
 
-def _model(mesh, lora=False):
+def _model(mesh, lora=False, lora_dropout=0.0):
     cfg = ModelConfig(llm=LLMConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=2,
                                     num_heads=4, num_kv_heads=2),
                       slide=dataclasses.replace(SlideEncoderConfig(), feature_dim=8, width=16, ffn_dim=32,
                                                 num_heads=2, dropout=0.0, drop_path=0.0),
                       compute_dtype="float32")
-    cfg.lora = dataclasses.replace(cfg.lora, enabled=lora, rank=4, alpha=8.0, dropout=0.0)
+    cfg.lora = dataclasses.replace(cfg.lora, enabled=lora, rank=4, alpha=8.0, dropout=lora_dropout)
     return create_model(cfg, IMAGE, mesh, seed=0)
 
 
