@@ -67,10 +67,11 @@ def test_first_inner_epoch_ratio_is_one_with_dropout():
     assert abs(m["first_epoch/kl"]) < 1e-6  # the reference is the starting policy
     # dropout is really on: two passes with different keys disagree
     from pathreasoner_jax.grpo.step import assemble
+    from flax import nnx
     p = _prompts()
-    out = sample(model, p["ids"], p["text_valid"], p["features"], p["patch_valid"], jax.random.key(1),
-                 params=SamplingParams(max_new_tokens=6, group_size=4), eos_id=EOS, pad_id=0)
-    seq = assemble(p, out, 4, IDS.image)
     t = state.trainable  # the update donated the original buffers
+    out = sample(nnx.merge(step.graphdef, t, f), p["ids"], p["text_valid"], p["features"], p["patch_valid"],
+                 jax.random.key(1), params=SamplingParams(max_new_tokens=6, group_size=4), eos_id=EOS, pad_id=0)
+    seq = assemble(p, out, 4, IDS.image)
     l1, l2 = step.logprobs(t, f, seq, jax.random.key(5)), step.logprobs(t, f, seq, jax.random.key(6))
     assert float(jnp.abs(l1 - l2).max()) > 1e-4
