@@ -27,9 +27,15 @@ class PromptBuilder:
         longest_q = max(len(self.enc.prompt_ids(q, 0)) for q in questions)
         self.prompt_len = bucket(rt.cfg.data.sample_num + longest_q, rt.cfg.data.length_buckets)
         self.order = np.random.default_rng(rt.cfg.run.seed).permutation(len(samples))
+        self.extra: list = []  # rows given directly (eval), addressed by negative keys
 
     def sample_at(self, i: int):
         return self.samples[int(self.order[i % len(self.order)])]
+
+    def row_text(self, key: int) -> tuple[str, str]:
+        """(question, reference answer) of a batch row's `row_key`."""
+        s = self.sample_at(key) if key >= 0 else self.extra[-1 - key]
+        return s.question, s.answer
 
     def batch(self, positions: list[int]) -> dict:
         """Prompt batch for the given positions of the shuffled order."""
@@ -39,14 +45,16 @@ class PromptBuilder:
         """Prompt batch for these samples; `slide_ids` overrides whose features each row gets."""
         cfg, ids = self.rt.cfg, self.rt.ids
         slide_ids = slide_ids or [s.slide_id for s in rows]
-        positions = positions if positions is not None else [-1] * len(rows)
+        if positions is None:
+            self.extra.extend(rows)
+            positions = [-len(self.extra) + i for i in range(len(rows))]
         n, tp, p = len(rows), self.prompt_len, cfg.data.sample_num
         f = self.slides[rows[0].slide_id].features.shape[1]
         out = {"ids": np.full((n, tp), ids.pad, np.int32), "text_valid": np.zeros((n, tp), bool),
                "features": np.zeros((n, p, f), np.float32), "patch_valid": np.zeros((n, p), bool),
                "gt_entities": np.zeros((n, self.num_entities), np.float32),
                "ref_ids": np.full((n, REF_LEN), ids.pad, np.int32), "ref_mask": np.zeros((n, REF_LEN), bool),
-               "position": np.asarray(positions, np.int64)}
+               "row_key": np.asarray(positions, np.int64)}
         for r, (s, sid) in enumerate(zip(rows, slide_ids)):
             slide = self.slides[sid]
             idx = evenly_spaced_patches(slide.coords, np.arange(slide.num_patches), p)

@@ -99,7 +99,11 @@ def run_evaluation(rt: Runtime, limit: int | None = None) -> dict:
     entities = load_entities(rt.prep_dir)
     slides = SlideStore(rt.prep_dir)
     builder = PromptBuilder(rt, samples, slides, entities)
-    reward_fn = make_reward_fn(rt, entities, 1, builder)
+    judge_model = None
+    if cfg.rewards.semantic == "self":  # GRPO's judge: the frozen SFT model
+        judge_model = rt.build_model()
+        restore_params(default_init(rt), judge_model)
+    reward_fn = make_reward_fn(rt, entities, 1, builder, judge_model)
     lexicon = entities["entities"]
     true_ids = [s.slide_id for s in rows]
     perm = np.random.default_rng(cfg.run.seed).permutation(len(rows))

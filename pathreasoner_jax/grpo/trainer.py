@@ -39,41 +39,47 @@ def default_init(rt: Runtime) -> str:
     return rt.path("checkpoints", "sft")
 
 
-def make_judge_scorer(rt: Runtime, prompts: PromptBuilder):
-    """Host-side `judge` semantic scores of the completions' <answer> spans (SPEC §6)."""
-    from pathreasoner_jax.eval.metrics import extract_answer
-    from pathreasoner_jax.grpo.judge import Judge
-    judge = Judge.from_config(rt.cfg.rewards, cache_path=rt.path("judge_cache.jsonl"))
+def make_semantic_scorer(rt: Runtime, prompts: PromptBuilder, judge_model=None):
+    """Host-side semantic scores (`judge`: the endpoint; `self`: the frozen reference model)
+    of the completions' <answer> spans; None for `rouge`, which runs on device."""
+    from pathreasoner_jax.grpo.rewards_text import answer_texts
+    cfg = rt.cfg.rewards
+    if cfg.semantic == "rouge":
+        return None
+    if cfg.semantic == "judge":
+        from pathreasoner_jax.grpo.judge import Judge
+        fn = Judge.from_config(cfg, cache_path=rt.path("judge_cache.jsonl")).score_batch
+    elif cfg.semantic == "self":
+        if judge_model is None:
+            raise UserError("rewards.semantic=self needs the frozen reference model")
+        from pathreasoner_jax.grpo.self_judge import SelfJudge
+        fn = SelfJudge(rt.tokenizer, judge_model, pad_id=rt.ids.pad).score_texts
+    else:
+        raise UserError(f"rewards.semantic={cfg.semantic!r}: choose rouge, judge or self")
 
     def score(rollout, batch, group):
-        texts = rt.tokenizer.batch_decode(np.asarray(rollout["tokens"]) * np.asarray(rollout["mask"]) +
-                                          rt.ids.pad * (1 - np.asarray(rollout["mask"])), skip_special_tokens=False)
-        rows = [prompts.sample_at(int(p)) for p in np.repeat(np.asarray(batch["position"]), group)]
-        return jnp.asarray(judge.score_batch([r.question for r in rows], [r.answer for r in rows],
-                                             [extract_answer(t) for t in texts]), jnp.float32)
-    return score, judge
+        texts = [prompts.row_text(int(k)) for k in np.repeat(np.asarray(batch["row_key"]), group)]
+        answers = answer_texts(rt.tokenizer, np.asarray(rollout["tokens"]), np.asarray(rollout["mask"]))
+        return jnp.asarray(fn([q for q, _ in texts], [a for _, a in texts], answers), jnp.float32)
+    return score
 
 
-def make_reward_fn(rt: Runtime, entities, group: int, prompts: PromptBuilder):
-    """On-device rewards of SPEC §6 for a rollout; `judge` scores come from the endpoint."""
+def make_reward_fn(rt: Runtime, entities, group: int, prompts: PromptBuilder, judge_model=None):
+    """Rewards of SPEC §6 for a rollout: on device, except `judge`/`self` semantic scores."""
     cfg = rt.cfg.rewards
     tables = build_token_tables(rt.tokenizer, rt.ids, rt.model_cfg.llm.vocab_size)
     names = entities.names
     surfaces = [(s, i) for i, e in enumerate(entities["entities"]) for s in [e["name"]] + list(e.get("synonyms", []))]
     lex = compile_lexicon(rt.tokenizer, surfaces, max(len(names), 1))
     sim = jnp.asarray(entities.sim_matrix() if names else np.zeros((1, 1), np.float32))
-    judge = None
-    if cfg.semantic == "judge":
-        judge, _ = make_judge_scorer(rt, prompts)
-    elif cfg.semantic not in ("rouge",):
-        raise UserError(f"rewards.semantic={cfg.semantic!r}: choose rouge or judge")
+    judge = make_semantic_scorer(rt, prompts, judge_model)
 
     def reward_fn(rollout, prompts):
         rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
         sem = judge(rollout, prompts, group) if judge else None
         return compute_rewards(rollout["tokens"], rollout["mask"], rep(prompts["gt_entities"]), sim, tables, lex,
                                rep(prompts["ref_ids"]), rep(prompts["ref_mask"]), sem, alpha=cfg.alpha,
-                               beta=cfg.beta, semantic="rouge" if judge is None else "judge")
+                               beta=cfg.beta, semantic="rouge" if judge is None else cfg.semantic)
     return reward_fn
 
 
@@ -108,7 +114,8 @@ def train_grpo(rt: Runtime, force: bool = False, stop_after: int | None = None) 
         log.info("grpo: resuming at step %d", start)
     entities = load_entities(rt.prep_dir)
     prompts = PromptBuilder(rt, SampleSource(rt.prep_dir, "train"), SlideStore(rt.prep_dir), entities)
-    reward_fn = make_reward_fn(rt, entities, g.group_size, prompts)
+    reward_fn = make_reward_fn(rt, entities, g.group_size, prompts,
+                               judge_model=nnx.merge(step.graphdef, ref_trainable, frozen))
     state = GRPOState(trainable, frozen, opt_state, ref_trainable)
     logger = MetricsLogger(rt.run_dir, "grpo")
     logger.truncate_after(start)
