@@ -47,7 +47,7 @@ else
   printf '[demo] %-22s %4ds  → %s\n' prior 0 "$RUN/prior.npz (done)"
 fi
 stage "sft (pseudo-bag)" "$RUN/checkpoints/sft_pseudobag" -- "${PR[@]}" sft --config $CFG $FORCE \
-  sft.pseudo_bag=true run.progress=false "${OVERRIDES[@]}"
+  sft.pseudo_bag=true sft.epochs=4 run.progress=false "${OVERRIDES[@]}"
 stage grpo "$RUN/checkpoints/grpo" -- "${PR[@]}" grpo --config $CFG $FORCE run.progress=false "${OVERRIDES[@]}"
 if [ -n "$FORCE" ] || [ ! -f "$RUN/eval/metrics.json" ] || [ "$RUN/checkpoints/grpo/DONE" -nt "$RUN/eval/metrics.json" ]; then
   stage eval "$RUN/eval/metrics.json" -- "${PR[@]}" eval --config $CFG run.progress=false "${OVERRIDES[@]}"
@@ -62,6 +62,6 @@ else
   printf '[demo] %-22s %4ds  → %s\n' infer 0 "$RUN/infer/report.html (done)"
 fi
 echo
-cat "$RUN/eval/metrics.md" | head -n 40
+.venv/bin/python -m pathreasoner_jax.eval.summary "$RUN/eval/metrics.json"
 echo
 echo "[demo] finished in $((SECONDS - T0))s; report: $RUN/infer/report.html"

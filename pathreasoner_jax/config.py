@@ -205,6 +205,7 @@ class EvalConfig:
     split: str = "test"
     batch_size: int = 8
     max_new_tokens: int = 256
+    reward_samples: int = 4  # completions per prompt for the sampled (expected) reward; 0: off
     judge: bool = False
     slidebench_csv: str = ""
     wsivqa_json: str = ""

@@ -1,7 +1,6 @@
 """`pathreasoner eval` and `pathreasoner infer`."""
 from __future__ import annotations
 
-import json
 import os
 
 from pathreasoner_jax.cli import UserError
@@ -13,6 +12,7 @@ def run_eval(args) -> int:
     from pathreasoner_jax.eval.report import write_metrics_json, write_metrics_md
     from pathreasoner_jax.eval.runner import run_evaluation
     from pathreasoner_jax.eval.suites import run_suites
+    from pathreasoner_jax.eval.summary import summary
     from pathreasoner_jax.runtime import setup
 
     rt = setup(load_config(args.config, args.overrides))
@@ -25,21 +25,9 @@ def run_eval(args) -> int:
     write_metrics_md(table, os.path.join(out_dir, "metrics.md"), title=f"Evaluation of {rt.cfg.run.name}")
     metrics_dir = rt.path("metrics")
     plots = plot_training_curves(metrics_dir, out_dir) if os.path.isdir(metrics_dir) else {}
-    print(_summary(metrics))
+    print(summary(metrics))
     print(f"eval: {os.path.join(out_dir, 'metrics.json')}, metrics.md and {len(plots)} plot(s) in {out_dir}")
     return 0
-
-
-def _summary(m: dict) -> str:
-    rows = [("model", "format", "accuracy", "bleu4", "rougeL", "entity_f1", "reward")]
-    for name, r in m["models"].items():
-        rows.append((name, *(f"{r[k]:.3f}" if r.get(k) is not None else "-" for k in
-                              ("format_compliance", "answer_accuracy", "bleu4", "rougeL", "entity_f1",
-                               "reward_mean"))))
-    width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows]
-    lines.append("comparisons: " + json.dumps(m["comparisons"]))
-    return "\n".join(lines)
 
 
 def run_infer(args) -> int:

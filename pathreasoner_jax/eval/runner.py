@@ -37,9 +37,10 @@ def decode_completions(tok, tokens, mask) -> list[str]:
 
 
 def generate(rt: Runtime, model, builder: PromptBuilder, rows, slide_ids, max_new: int, batch_size: int,
-             reward_fn=None, desc: str = "eval"):
-    """Greedy completions (texts) and, with `reward_fn`, their total rewards."""
-    params = SamplingParams(max_new_tokens=max_new, greedy=True)
+             reward_fn=None, desc: str = "eval", params: SamplingParams | None = None):
+    """Completions (texts; greedy unless `params` say otherwise) and, with `reward_fn`,
+    their total rewards. Sampling keys are fixed, so reruns give the same numbers."""
+    params = params or SamplingParams(max_new_tokens=max_new, greedy=True)
     texts, rewards = [], []
     for i in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not rt.cfg.run.progress):
         chunk, sids = rows[i:i + batch_size], slide_ids[i:i + batch_size]
@@ -48,21 +49,40 @@ def generate(rt: Runtime, model, builder: PromptBuilder, rows, slide_ids, max_ne
         sids = sids + [sids[-1]] * (batch_size - n)
         prompts = builder.batch_rows(chunk, sids)
         out = sample(model, prompts["ids"], prompts["text_valid"], prompts["features"], prompts["patch_valid"],
-                     jax.random.key(0), params=params, eos_id=rt.ids.eos, pad_id=rt.ids.pad)
-        texts += decode_completions(rt.tokenizer, out["tokens"], out["mask"])[:n]
+                     jax.random.key(i), params=params, eos_id=rt.ids.eos, pad_id=rt.ids.pad)
+        g = params.group_size
+        texts += decode_completions(rt.tokenizer, out["tokens"], out["mask"])[:n * g]
         if reward_fn is not None:
-            rewards += np.asarray(reward_fn(out, prompts)["total"])[:n].tolist()
+            rewards += np.asarray(reward_fn(out, prompts)["total"])[:n * g].tolist()
     return texts, rewards
 
 
-def evaluate_model(rt, model, builder, rows, slide_ids, lexicon, reward_fn, desc) -> tuple[dict, list[str]]:
+def evaluate_model(rt, model, builder, rows, slide_ids, lexicon, reward_fn, desc,
+                   sampled_reward_fn=None) -> tuple[dict, list[str]]:
+    """Greedy metrics; with `sampled_reward_fn` also the policy's expected reward,
+    `reward_mean_sampled`: eval.reward_samples completions per prompt at GRPO's temperature."""
     cfg = rt.cfg.eval
     texts, rewards = generate(rt, model, builder, rows, slide_ids, cfg.max_new_tokens, cfg.batch_size,
                               reward_fn, desc)
     refs = [s.trajectory for s in rows]
+    # BLEU/ROUGE over the whole reasoning text: the answers alone are a few words
     metrics = compute_metrics(texts, refs, [s.category for s in rows], lexicon,
-                              reference_entities=[set(s.entities) for s in rows])
+                              reference_entities=[set(s.entities) for s in rows], text_span="full")
     metrics["reward_mean"] = float(np.mean(rewards)) if rewards else None
+    if cfg.judge:  # judged accuracy through the endpoint of rewards.judge_*
+        from pathreasoner_jax.eval.metrics import extract_answer
+        from pathreasoner_jax.grpo.judge import Judge
+        judge = Judge.from_config(rt.cfg.rewards, cache_path=rt.path("judge_cache.jsonl"))
+        scores = judge.score_batch([s.question for s in rows], [s.answer for s in rows],
+                                   [extract_answer(t) for t in texts])
+        metrics["answer_accuracy_judge"] = float(np.mean(scores))
+        metrics["judge_failures"] = judge.failures
+    if sampled_reward_fn is not None:
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=rt.cfg.grpo.temperature,
+                                top_p=rt.cfg.grpo.top_p, top_k=rt.cfg.grpo.top_k, group_size=cfg.reward_samples)
+        _, sampled = generate(rt, model, builder, rows, slide_ids, cfg.max_new_tokens, cfg.batch_size,
+                              sampled_reward_fn, f"{desc} (sampled)", params)
+        metrics["reward_mean_sampled"] = float(np.mean(sampled))
     return metrics, texts
 
 
@@ -104,6 +124,8 @@ def run_evaluation(rt: Runtime, limit: int | None = None) -> dict:
         judge_model = rt.build_model()
         restore_params(default_init(rt), judge_model)
     reward_fn = make_reward_fn(rt, entities, 1, builder, judge_model)
+    sampled_fn = make_reward_fn(rt, entities, cfg.eval.reward_samples, builder, judge_model) \
+        if cfg.eval.reward_samples > 0 else None
     lexicon = entities["entities"]
     true_ids = [s.slide_id for s in rows]
     perm = np.random.default_rng(cfg.run.seed).permutation(len(rows))
@@ -117,7 +139,8 @@ def run_evaluation(rt: Runtime, limit: int | None = None) -> dict:
         model = rt.build_model()
         if path:
             restore_params(path, model)
-        results[name], outputs[name] = evaluate_model(rt, model, builder, rows, true_ids, lexicon, reward_fn, name)
+        results[name], outputs[name] = evaluate_model(rt, model, builder, rows, true_ids, lexicon, reward_fn, name,
+                                                      sampled_fn if name != "untrained" else None)
         if name == final:
             results[f"{name}_shuffled_slides"], _ = evaluate_model(rt, model, builder, rows, shuffled_ids, lexicon,
                                                                    reward_fn, f"{name} (shuffled slides)")
@@ -128,10 +151,15 @@ def run_evaluation(rt: Runtime, limit: int | None = None) -> dict:
         "answer_accuracy_true_slides": results[final]["answer_accuracy"],
         "answer_accuracy_shuffled_slides": results[f"{final}_shuffled_slides"]["answer_accuracy"],
         "answer_accuracy_chance": 1.0 / max(n_classes, 1),
-        "reward_mean_sft": results["sft"]["reward_mean"] if "sft" in results else None,
-        "reward_mean_grpo": results["grpo"]["reward_mean"] if "grpo" in results else None,
     }
-    comparisons["grpo_reward_above_sft"] = (None if comparisons["reward_mean_grpo"] is None else
+    # GRPO maximises the expected reward of the sampling policy, so that is what is compared
+    # (greedy rewards are in `models`); falls back to greedy when reward_samples is 0
+    key = "reward_mean_sampled" if sampled_fn is not None else "reward_mean"
+    comparisons["reward_mean_sft"] = results["sft"][key] if "sft" in results else None
+    comparisons["reward_mean_grpo"] = results["grpo"][key] if "grpo" in results else None
+    comparisons["reward_compared"] = key
+    comparisons["grpo_reward_above_sft"] = (None if None in (comparisons["reward_mean_grpo"],
+                                                             comparisons["reward_mean_sft"]) else
                                             bool(comparisons["reward_mean_grpo"] > comparisons["reward_mean_sft"]))
     comparisons["slide_matters"] = bool(comparisons["answer_accuracy_true_slides"] >
                                         comparisons["answer_accuracy_shuffled_slides"])
