@@ -76,6 +76,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     attention_impl: str = "auto"  # auto | xla | cudnn
     remat: bool = False  # rematerialise each decoder layer in the backward pass
+    logits_chunk: int = 2048  # tokens per chunk of the fp32 logits in the loss (0: all at once)
     image_token: str = "<image>"
 
 

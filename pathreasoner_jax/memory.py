@@ -15,8 +15,8 @@ per device, following the sharding rules of `pathreasoner_jax.sharding`:
   (norm inputs/outputs, q/k/v, attention output, gate/up/product) plus the fp32
   attention probabilities 4·b·nh·T² (XLA's attention keeps them; a flash kernel does
   not, so this is an upper bound), heads/MLP parts divided by tensor; with `model.remat`
-  only each layer's input c·b·T·H is kept plus one layer's set. Logits: 3·4·b·T·V/tensor
-  (fp32 logits, log-softmax, gradient). LongNet (fp32 inside attention): per layer
+  only each layer's input c·b·T·H is kept plus one layer's set. Logits: 3·4·b·min(T, chunk)·V/tensor
+  (fp32 logits, log-softmax, gradient; `model.logits_chunk`). LongNet (fp32 inside attention): per layer
   4·b·P·(6W + 3Fs) + per branch 8·b·h·n_pad·seg/r² (scores and probabilities).
 - KV cache (rollout, shared prefix): L·2·(p·T + p·G·n)·nkv·hd·c with p prompts per device
   (prompts_per_step / (data·fsdp)), nkv/tensor when divisible.
@@ -127,7 +127,7 @@ def estimate(cfg, mesh_shape, device_bytes: int | None = None, *, seq_len: int |
     trainable = _trainable(counts, mc, cfg.sft)
     rows = batch / (data * fsdp) / max(cfg.sft.grad_accum, 1)
     act = (llm_activation_bytes(mc.llm, rows, seq, c, tensor, mc.remat)
-           + 3 * 4 * rows * seq * mc.llm.vocab_size / tensor
+           + 3 * 4 * rows * (min(seq, mc.logits_chunk) if mc.logits_chunk > 0 else seq) * mc.llm.vocab_size / tensor
            + longnet_activation_bytes(mc.slide, rows, patches))
     g = cfg.grpo
     prompts = g.prompts_per_step / (data * fsdp)

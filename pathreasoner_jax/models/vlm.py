@@ -40,6 +40,7 @@ class PathVLM(nnx.Module):
         self.llm = Qwen2(self.dims, rngs, pd)
         self.image_token_id = image_token_id
         self.compute_dtype = DTYPES[cfg.compute_dtype]
+        self.logits_chunk = cfg.logits_chunk
 
     def ctx(self, rng=None, use_lora: bool = True) -> Ctx:
         return Ctx(rng=rng, use_lora=use_lora, dtype=self.compute_dtype)
@@ -74,7 +75,25 @@ class PathVLM(nnx.Module):
         return hidden, valid
 
 
-def token_logprobs(llm: Qwen2, hidden_btd, targets_bt):
-    """log p(targets) from final hidden states, in fp32. hidden[t] predicts targets[t]."""
+def _logprobs(llm: Qwen2, hidden_btd, targets_bt):
     logits = llm.logits(hidden_btd)
     return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets_bt[..., None], -1)[..., 0]
+
+
+def token_logprobs(llm: Qwen2, hidden_btd, targets_bt, chunk: int = 0):
+    """log p(targets) from final hidden states, in fp32. hidden[t] predicts targets[t].
+
+    With `chunk` > 0 and T > chunk, the sequence is processed `chunk` tokens at a time
+    under rematerialisation, so at most one chunk's (B, chunk, V) fp32 logits are alive,
+    in the backward pass too (at a 150k vocabulary the full logits dominate memory).
+    """
+    b, t, d = hidden_btd.shape
+    if chunk <= 0 or t <= chunk:
+        return _logprobs(llm, hidden_btd, targets_bt)
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    h = jnp.pad(hidden_btd, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
+    y = jnp.pad(targets_bt, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+    step = jax.checkpoint(lambda hc, yc: _logprobs(llm, hc, yc))
+    _, out = jax.lax.scan(lambda c, xs: (c, step(*xs)), None, (h, y))
+    return out.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
