@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from typing import Any, Iterator, Optional, Sequence
 
 import jax
@@ -128,11 +127,3 @@ def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
 
 def shard_state(state: nnx.State, mesh: Mesh) -> nnx.State:
     return jax.device_put(state, state_shardings(state, mesh))
-
-
-def regex_spec(path: str, rules: Sequence[tuple[str, P]], default: P = P()) -> P:
-    """big_vision-style override: the first regex matching a '/'-joined path wins."""
-    for pattern, spec in rules:
-        if re.search(pattern, path):
-            return spec
-    return default

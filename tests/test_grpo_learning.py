@@ -26,7 +26,8 @@ def _model(mesh, lora=False, lora_dropout=0.0):
     cfg = ModelConfig(llm=LLMConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=2,
                                     num_heads=4, num_kv_heads=2),
                       slide=dataclasses.replace(SlideEncoderConfig(), feature_dim=8, width=16, ffn_dim=32,
-                                                num_heads=2, dropout=0.0, drop_path=0.0),
+                                                num_heads=2, segment_lengths=[4, 8], dilations=[1, 2],
+                                                dropout=0.0, drop_path=0.0),
                       compute_dtype="float32")
     cfg.lora = dataclasses.replace(cfg.lora, enabled=lora, rank=4, alpha=8.0, dropout=lora_dropout)
     return create_model(cfg, IMAGE, mesh, seed=0)

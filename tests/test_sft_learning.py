@@ -28,7 +28,7 @@ def _model_cfg(vocab):
         llm=LLMConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                       num_kv_heads=2),
         slide=dataclasses.replace(SlideEncoderConfig(), feature_dim=16, width=32, ffn_dim=64, num_heads=4,
-                                  dropout=0.0, drop_path=0.0),
+                                  segment_lengths=[8, 16], dilations=[1, 2], dropout=0.0, drop_path=0.0),
         compute_dtype="float32", lora=dataclasses.replace(ModelConfig().lora, enabled=False))
 
 
@@ -57,6 +57,12 @@ def test_overfits_a_handful_of_samples(tok_ids):
     assert losses[-1] < 0.05, losses[-10:]
 
 
+@nnx.jit
+def _mean_loss(model, batch):
+    s, n = sft_loss(model, batch, model.ctx())
+    return s / n
+
+
 def _answer_choice(model, enc, sample, slide, ids):
     """argmin over the class names of the teacher-forced loss of the whole trajectory."""
     scores = []
@@ -64,8 +70,7 @@ def _answer_choice(model, enc, sample, slide, ids):
         cand = dataclasses.replace(sample, findings=f, reasoning=r, answer=dx)
         ex = enc.encode(cand, slide, np.random.default_rng(0))
         batch, _ = collate([ex], [slide], [64, 96, 128], 64, ids.pad)
-        s, n = sft_loss(model, {k: jnp.asarray(v) for k, v in batch.items()}, model.ctx())
-        scores.append(float(s / n))
+        scores.append(float(_mean_loss(model, {k: jnp.asarray(v) for k, v in batch.items()})))
     return list(CLASSES)[int(np.argmin(scores))]
 
 

@@ -188,8 +188,7 @@ class Qwen2(nnx.Module):
         """fp32 logits (SPEC §3: logits and log-softmax in fp32)."""
         w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
         out = jnp.dot(hidden_btd.astype(jnp.float32), w.astype(jnp.float32))
-        names = ("batch", "length", "act_vocab")[-out.ndim:] if out.ndim < 3 else ("batch", "length", "act_vocab")
-        return constrain(out, ("batch", "act_vocab") if out.ndim == 2 else names)
+        return constrain(out, ("batch", "act_vocab") if out.ndim == 2 else ("batch", "length", "act_vocab"))
 
     def __call__(self, x_btd, positions_bt, valid_bt, ctx: Ctx, cache: Optional[dict] = None,
                  prefix: Optional[dict] = None):
