@@ -177,6 +177,7 @@ class GRPOConfig:
     kl_coef: float = 0.05
     kl_beta: float = 0.04
     inner_epochs: int = 2
+    disable_dropout: bool = True  # dropout off in rollouts, old log-probs and updates (as verl)
     adv_scale: str = "group"  # group | batch | none
     dynamic_sampling: bool = False
     max_sampling_tries: int = 3

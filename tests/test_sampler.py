@@ -59,7 +59,8 @@ def test_the_slide_reaches_the_rollout():
 
 def test_first_inner_epoch_ratio_is_one_with_dropout():
     model = _model(_mesh(), lora=True, lora_dropout=0.5)
-    cfg = GRPOConfig(group_size=4, prompts_per_step=4, max_new_tokens=6, inner_epochs=2, kl_mode="loss", lr=1e-2)
+    cfg = GRPOConfig(group_size=4, prompts_per_step=4, max_new_tokens=6, inner_epochs=2, kl_mode="loss", lr=1e-2,
+                     disable_dropout=False)
     step, t, f, o, ref = make_grpo_step(model, cfg, trainable_filter(SFTConfig(), True), _mesh(), True)
     state, m = grpo_iteration(step, GRPOState(t, f, o, ref), lambda i: _prompts(seed=i), contains_target,
                               jax.random.key(0), cfg, IDS)

@@ -78,7 +78,8 @@ def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int
     lp_fn, ref_fn, upd_fn = state.jitted or step.jit_all(state.trainable, state.frozen, state.opt_state)
     state.jitted = (lp_fn, ref_fn, upd_fn)
     seq = assemble(prompts, rollout, g, ids.image)
-    rng = jax.random.fold_in(key, 10_000)
+    # one dropout key for old log-probs and every inner epoch: the first ratio is exactly 1
+    rng = None if cfg.disable_dropout else jax.random.fold_in(key, 10_000)
     old_logp = lp_fn(state.trainable, state.frozen, seq, rng)
     ref_logp = ref_fn(state.ref_trainable, state.frozen, seq) if cfg.kl_mode != "none" else old_logp
     total = rewards["total"]

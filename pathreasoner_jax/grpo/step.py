@@ -107,12 +107,12 @@ class GRPOStep:
                 with use_mesh(self.mesh):
                     return fn(*args)
             return wrapped
-        lp = jax.jit(under_mesh(self.logprobs), in_shardings=(sh(trainable), sh(frozen), rows, rep),
+        lp = jax.jit(under_mesh(self.logprobs), in_shardings=(sh(trainable), sh(frozen), rows, None),
                      out_shardings=rows)
         ref = jax.jit(under_mesh(self.ref_logprobs), in_shardings=(sh(trainable), sh(frozen), rows),
                       out_shardings=rows)
         upd = jax.jit(under_mesh(self.update),
-                      in_shardings=(sh(trainable), sh(frozen), sh(opt_state), rows, rows, rows, rows, rep),
+                      in_shardings=(sh(trainable), sh(frozen), sh(opt_state), rows, rows, rows, rows, None),
                       out_shardings=(sh(trainable), sh(opt_state), rep), donate_argnums=(0, 2))
         return lp, ref, upd
 
