@@ -9,6 +9,12 @@ import time
 import jax
 
 
+def print0(msg: str) -> None:
+    """Prints on host 0 only (one line per event, not one per host)."""
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
 class MetricsLogger:
     def __init__(self, run_dir: str, stage: str, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0

@@ -24,7 +24,7 @@ from pathreasoner_jax.data.prompts import PromptBuilder
 from pathreasoner_jax.grpo.iteration import GRPOState, grpo_iteration
 from pathreasoner_jax.grpo.rewards import build_token_tables, compile_lexicon, compute_rewards
 from pathreasoner_jax.grpo.step import make_grpo_step
-from pathreasoner_jax.metrics_log import MetricsLogger
+from pathreasoner_jax.metrics_log import MetricsLogger, print0
 from pathreasoner_jax.runtime import Runtime
 from pathreasoner_jax.sft.step import trainable_filter
 
@@ -89,7 +89,7 @@ def train_grpo(rt: Runtime, force: bool = False, stop_after: int | None = None) 
     cfg, g = rt.cfg, rt.cfg.grpo
     ckpt_dir = rt.path("checkpoints", "grpo")
     if os.path.exists(os.path.join(ckpt_dir, "DONE")) and not force:
-        log.info("grpo already finished (%s); use --force to redo", ckpt_dir)
+        print0(f"grpo already finished ({ckpt_dir}); use --force to redo")
         return ckpt_dir
     if force and os.path.isdir(ckpt_dir) and jax.process_index() == 0:
         shutil.rmtree(ckpt_dir)
@@ -97,8 +97,7 @@ def train_grpo(rt: Runtime, force: bool = False, stop_after: int | None = None) 
     if not os.path.isdir(init_from):
         raise UserError(f"{init_from}: SFT checkpoint not found (run `pathreasoner sft` first or set grpo.init_from)")
     from pathreasoner_jax.memory import report
-    from pathreasoner_jax.sft.trainer import _print0
-    report(cfg, rt.mesh, rt.model_cfg, log=_print0)
+    report(cfg, rt.mesh, rt.model_cfg, log=print0)
     model = rt.build_model()
     restore_params(init_from, model)  # the SFT weights: also the frozen reference policy
     lora = rt.model_cfg.lora.enabled
@@ -111,7 +110,7 @@ def train_grpo(rt: Runtime, force: bool = False, stop_after: int | None = None) 
         opt_state, meta = ck.restore(model, opt_state)
         _, trainable, frozen = nnx.split(model, is_trainable, ...)
         start = meta["step"]
-        log.info("grpo: resuming at step %d", start)
+        print0(f"grpo: resuming at step {start}")
     entities = load_entities(rt.prep_dir)
     prompts = PromptBuilder(rt, SampleSource(rt.prep_dir, "train"), SlideStore(rt.prep_dir), entities)
     reward_fn = make_reward_fn(rt, entities, g.group_size, prompts,

@@ -24,7 +24,7 @@ from pathreasoner_jax.checkpoint import Checkpointer, restore_params
 from pathreasoner_jax.data.encode import ExampleEncoder
 from pathreasoner_jax.data.loader import SFTLoader
 from pathreasoner_jax.flops import device_peak_flops, train_flops_per_token
-from pathreasoner_jax.metrics_log import MetricsLogger
+from pathreasoner_jax.metrics_log import MetricsLogger, print0
 from pathreasoner_jax.runtime import Runtime
 from pathreasoner_jax.sft.step import make_sft_step
 
@@ -70,7 +70,7 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
     cfg, stage = rt.cfg, stage_name(rt.cfg)
     ckpt_dir = rt.path("checkpoints", stage)
     if stage_done(rt, stage) and not force:
-        log.info("%s already finished (%s); use --force to redo", stage, ckpt_dir)
+        print0(f"{stage} already finished ({ckpt_dir}); use --force to redo")
         return ckpt_dir
     if force and os.path.isdir(ckpt_dir) and jax.process_index() == 0:
         shutil.rmtree(ckpt_dir)
@@ -83,7 +83,7 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
                        cfg.data.length_buckets, rt.ids.pad)
     total = cfg.sft.max_steps or len(loader)
     from pathreasoner_jax.memory import report
-    report(cfg, rt.mesh, rt.model_cfg, log=_print0)  # stops with a clear error when it cannot fit
+    report(cfg, rt.mesh, rt.model_cfg, log=print0)  # stops with a clear error when it cannot fit
     model = rt.build_model()
     init_from = cfg.sft.init_from or (rt.path("checkpoints", "sft") if cfg.sft.pseudo_bag else "")
     ck = Checkpointer(ckpt_dir, cfg.sft.keep_last)
@@ -94,12 +94,12 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
         opt_state, meta = ck.restore(model, opt_state)
         _, trainable, frozen = nnx.split(model, step_fn.filter, ...)
         start = meta["step"]
-        log.info("%s: resuming at step %d from %s", stage, start, ckpt_dir)
+        print0(f"{stage}: resuming at step {start} from {ckpt_dir}")
     elif init_from:
         model = nnx.merge(step_fn.graphdef, trainable, frozen)
         restore_params(init_from, model)
         _, trainable, frozen = nnx.split(model, step_fn.filter, ...)
-        log.info("%s: initialised from %s", stage, init_from)
+        print0(f"{stage}: initialised from {init_from}")
     logger = MetricsLogger(rt.run_dir, stage)
     logger.truncate_after(start)
     flops_tok = train_flops_per_token(rt.model_cfg, max(cfg.data.length_buckets))
@@ -136,11 +136,6 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
         with open(os.path.join(ckpt_dir, "DONE"), "w") as f:
             json.dump({"steps": total, "truncated_rows": loader.truncated}, f)
     return ckpt_dir
-
-
-def _print0(msg: str) -> None:
-    if jax.process_index() == 0:
-        print(msg, flush=True)
 
 
 def batch_valid_tokens(batch) -> np.ndarray:
