@@ -123,9 +123,8 @@ def run_evaluation(rt: Runtime, limit: int | None = None) -> dict:
     if cfg.rewards.semantic == "self":  # GRPO's judge: the frozen SFT model
         judge_model = rt.build_model()
         restore_params(default_init(rt), judge_model)
-    reward_fn = make_reward_fn(rt, entities, 1, builder, judge_model)
-    sampled_fn = make_reward_fn(rt, entities, cfg.eval.reward_samples, builder, judge_model) \
-        if cfg.eval.reward_samples > 0 else None
+    reward_fn = make_reward_fn(rt, entities, builder, judge_model)
+    sampled_fn = reward_fn if cfg.eval.reward_samples > 0 else None
     lexicon = entities["entities"]
     true_ids = [s.slide_id for s in rows]
     perm = np.random.default_rng(cfg.run.seed).permutation(len(rows))

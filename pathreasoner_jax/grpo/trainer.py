@@ -64,8 +64,11 @@ def make_semantic_scorer(rt: Runtime, prompts: PromptBuilder, judge_model=None):
     return score
 
 
-def make_reward_fn(rt: Runtime, entities, group: int, prompts: PromptBuilder, judge_model=None):
-    """Rewards of SPEC §6 for a rollout: on device, except `judge`/`self` semantic scores."""
+def make_reward_fn(rt: Runtime, entities, prompts: PromptBuilder, judge_model=None):
+    """Rewards of SPEC §6 for a rollout: on device, except `judge`/`self` semantic scores.
+
+    `reward_fn(rollout, prompt_batch)`: G, the completions per prompt, is read off the shapes.
+    """
     cfg = rt.cfg.rewards
     tables = build_token_tables(rt.tokenizer, rt.ids, rt.model_cfg.llm.vocab_size)
     names = entities.names
@@ -74,11 +77,12 @@ def make_reward_fn(rt: Runtime, entities, group: int, prompts: PromptBuilder, ju
     sim = jnp.asarray(entities.sim_matrix() if names else np.zeros((1, 1), np.float32))
     judge = make_semantic_scorer(rt, prompts, judge_model)
 
-    def reward_fn(rollout, prompts):
+    def reward_fn(rollout, batch):
+        group = rollout["tokens"].shape[0] // batch["ids"].shape[0]
         rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
-        sem = judge(rollout, prompts, group) if judge else None
-        return compute_rewards(rollout["tokens"], rollout["mask"], rep(prompts["gt_entities"]), sim, tables, lex,
-                               rep(prompts["ref_ids"]), rep(prompts["ref_mask"]), sem, alpha=cfg.alpha,
+        sem = judge(rollout, batch, group) if judge else None
+        return compute_rewards(rollout["tokens"], rollout["mask"], rep(batch["gt_entities"]), sim, tables, lex,
+                               rep(batch["ref_ids"]), rep(batch["ref_mask"]), sem, alpha=cfg.alpha,
                                beta=cfg.beta, semantic="rouge" if judge is None else cfg.semantic)
     return reward_fn
 
@@ -113,7 +117,7 @@ def train_grpo(rt: Runtime, force: bool = False, stop_after: int | None = None) 
         print0(f"grpo: resuming at step {start}")
     entities = load_entities(rt.prep_dir)
     prompts = PromptBuilder(rt, SampleSource(rt.prep_dir, "train"), SlideStore(rt.prep_dir), entities)
-    reward_fn = make_reward_fn(rt, entities, g.group_size, prompts,
+    reward_fn = make_reward_fn(rt, entities, prompts,
                                judge_model=nnx.merge(step.graphdef, ref_trainable, frozen))
     state = GRPOState(trainable, frozen, opt_state, ref_trainable)
     logger = MetricsLogger(rt.run_dir, "grpo")
