@@ -40,15 +40,16 @@ def _losses(root, stage="sft"):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_repeats_the_straight_run(corpus, tmp_path):
+    steps = "sft.max_steps=30"  # long enough that the kill lands mid-run
     straight = str(tmp_path / "straight")
-    p = _cli(["sft"], straight, corpus)
+    p = _cli(["sft", steps], straight, corpus)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
     ref = _losses(straight)
-    assert sorted(ref) == list(range(1, 7))
+    assert sorted(ref) == list(range(1, 31))
 
     resumed = str(tmp_path / "resumed")
-    p = _cli(["sft"], resumed, corpus)
+    p = _cli(["sft", steps], resumed, corpus)
     ckpt3 = os.path.join(resumed, "t", "checkpoints", "sft", "3")
     deadline = time.time() + 600
     while not os.path.isdir(ckpt3) or any(n.endswith(".orbax-checkpoint-tmp") for n in os.listdir(os.path.dirname(ckpt3))):
@@ -57,14 +58,16 @@ def test_resume_after_sigkill_repeats_the_straight_run(corpus, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not os.path.exists(os.path.join(resumed, "t", "checkpoints", "sft", "DONE"))
-    p = _cli(["sft"], resumed, corpus)
+    p = _cli(["sft", steps], resumed, corpus)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
+    assert "resuming at step" in out, out
     got = _losses(resumed)
-    for step in range(4, 7):
+    assert sorted(got) == list(range(1, 31))
+    for step in range(1, 31):
         assert abs(got[step] - ref[step]) <= 1e-6, (step, got[step], ref[step])
     # a finished stage is a quick no-op
-    p = _cli(["sft"], resumed, corpus)
+    p = _cli(["sft", steps], resumed, corpus)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0 and _losses(resumed) == got
 
@@ -90,13 +93,38 @@ def test_grpo_starts_from_the_sft_weights_and_prior_cache_reads_back(corpus, tmp
     assert meta["mu"] == 0.7 and meta["slides"] == len(priors)
 
     rt = setup(load_config(CFG, [f"run.root={root}", f"data.prep_dir={corpus}"]))
-    sft, fresh = rt.build_model(), rt.build_model()
+    sft, other = rt.build_model(), rt.build_model(seed=123)
     restore_params(os.path.join(root, "t", "checkpoints", "sft"), sft)
     with open(os.path.join(root, "t", "checkpoints", "grpo", "DONE")) as f:
         assert json.load(f)["init_from"].endswith(os.path.join("checkpoints", "sft"))
-    # the GRPO run's first rollout used the SFT weights: its frozen reference is the SFT model,
-    # and GRPO at lr 1e-3 for 2 steps moves the weights only slightly away from them
+    # GRPO started from the SFT weights (not from a fresh initialisation): 2 Adam steps at
+    # lr 1e-3 move each weight by at most ~2e-3, while another initialisation differs by ~0.1
     grpo = rt.build_model()
     restore_params(os.path.join(root, "t", "checkpoints", "grpo"), grpo)
-    a, b, c = (nnx.state(m, nnx.Param).to_pure_dict()["llm"]["embed_tokens"] for m in (sft, grpo, fresh))
-    assert float(jnp.abs(b - a).max()) < 0.05 < float(jnp.abs(c - a).max())
+    a, b, c = (nnx.state(m, nnx.Param).to_pure_dict()["llm"]["embed_tokens"] for m in (sft, grpo, other))
+    assert 0 < float(jnp.abs(b - a).max()) < 0.01 < float(jnp.abs(c - a).max())
+
+
+@pytest.mark.slow
+def test_grpo_resume_repeats_the_straight_run(corpus, tmp_path):
+    from pathreasoner_jax.config import load_config
+    from pathreasoner_jax.grpo.trainer import train_grpo
+    from pathreasoner_jax.runtime import setup
+
+    root = str(tmp_path / "run")
+    p = _cli(["sft"], root, corpus)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+
+    def grpo_losses(stop_after=None, force=False):
+        rt = setup(load_config(CFG, [f"run.root={root}", f"data.prep_dir={corpus}", "grpo.steps=3"]))
+        train_grpo(rt, force=force, stop_after=stop_after)
+        with open(os.path.join(root, "t", "metrics", "grpo.jsonl")) as f:
+            return {r["step"]: (r["loss"], r["reward/total_mean"]) for r in map(json.loads, f)}
+
+    straight = grpo_losses(force=True)
+    grpo_losses(stop_after=1, force=True)  # stops after step 1 (checkpoint_every=1)
+    resumed = grpo_losses()
+    assert sorted(resumed) == [1, 2, 3]
+    for step in (2, 3):
+        assert np.allclose(resumed[step], straight[step], atol=1e-6), (step, resumed[step], straight[step])
