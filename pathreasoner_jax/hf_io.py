@@ -276,9 +276,8 @@ def run_export(args) -> int:
     rt = setup(cfg)
     ckpt = args.checkpoint
     if not ckpt:
-        from pathreasoner_jax.grpo.trainer import default_init
-        grpo = rt.path("checkpoints", "grpo")
-        ckpt = grpo if os.path.isdir(grpo) else default_init(rt)
+        from pathreasoner_jax.grpo.trainer import final_checkpoint
+        ckpt = final_checkpoint(rt)
     model = rt.build_model()
     restore_params(ckpt, model)
     export_llm(model.llm, rt.model_cfg.llm, args.out, tokenizer_dir=tokenizer_dir(cfg))

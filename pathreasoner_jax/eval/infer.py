@@ -66,9 +66,8 @@ def load_slide_input(rt, path: str):
 
 
 def _final_checkpoint(rt) -> str:
-    from pathreasoner_jax.grpo.trainer import default_init
-    grpo = rt.path("checkpoints", "grpo")
-    ckpt = grpo if os.path.isdir(grpo) else default_init(rt)
+    from pathreasoner_jax.grpo.trainer import final_checkpoint
+    ckpt = final_checkpoint(rt)
     if not os.path.isdir(ckpt):
         raise UserError(f"{ckpt}: checkpoint directory does not exist (train the model first)")
     return ckpt

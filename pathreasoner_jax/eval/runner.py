@@ -21,7 +21,7 @@ from pathreasoner_jax.cli import UserError
 from pathreasoner_jax.data.prompts import PromptBuilder
 from pathreasoner_jax.eval.metrics import compute_metrics
 from pathreasoner_jax.generate import SamplingParams, sample
-from pathreasoner_jax.grpo.trainer import default_init, make_reward_fn
+from pathreasoner_jax.grpo.trainer import default_init, final_checkpoint, make_reward_fn
 from pathreasoner_jax.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,8 @@ def checkpoints_to_evaluate(rt: Runtime) -> dict[str, str | None]:
 
 def _final_model(rt: Runtime):
     """The last trained model: grpo if present, else the last SFT stage."""
-    ckpts = checkpoints_to_evaluate(rt)
-    path = ckpts.get("grpo") or ckpts.get("sft")
-    if path is None:
+    path = final_checkpoint(rt)
+    if not os.path.isdir(path):
         raise UserError(f"{rt.path('checkpoints')}: no SFT or GRPO checkpoint (run `pathreasoner sft`)")
     model = rt.build_model()
     restore_params(path, model)

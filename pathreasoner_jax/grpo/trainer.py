@@ -31,6 +31,13 @@ from pathreasoner_jax.sft.step import trainable_filter
 log = logging.getLogger(__name__)
 
 
+def final_checkpoint(rt: Runtime) -> str:
+    """The last trained model's checkpoint: GRPO's if present, else the last SFT stage's
+    (the path may not exist yet; callers check)."""
+    grpo = rt.path("checkpoints", "grpo")
+    return grpo if os.path.isdir(grpo) else default_init(rt)
+
+
 def default_init(rt: Runtime) -> str:
     for stage in ("sft_pseudobag", "sft"):
         d = rt.path("checkpoints", stage)
