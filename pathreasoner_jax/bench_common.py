@@ -10,7 +10,6 @@ import re
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from typing import Callable
 
@@ -144,18 +143,7 @@ def summarize(rec: dict, work: float, flops: float | None, peak_flops: float | N
 
 def write_json_atomic(path: str, obj: dict) -> None:
     """Writes to a temporary file in the same folder and renames it over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from pathreasoner_jax.slides.fileio import atomic_path
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")

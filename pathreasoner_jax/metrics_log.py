@@ -8,6 +8,8 @@ import time
 
 import jax
 
+from pathreasoner_jax.slides.fileio import atomic_path
+
 
 def print0(msg: str) -> None:
     """Prints on host 0 only (one line per event, not one per host)."""
@@ -44,10 +46,8 @@ class MetricsLogger:
             return
         with open(self.path) as f:
             keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w") as f:
             f.writelines(keep)
-        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self.tb is not None:

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from typing import Any
+
+from pathreasoner_jax.slides.fileio import atomic_path
 
 
 def atomic_write_bytes(path: str, data: bytes) -> str:
     """Write `data` to `path` atomically (the folder is created if needed); returns `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared and read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
     return path
 
 

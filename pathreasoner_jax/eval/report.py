@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from pathreasoner_jax.eval.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pathreasoner_jax.slides.fileio import atomic_path
 from pathreasoner_jax.eval.entities import as_lexicon
 from pathreasoner_jax.eval.metrics import METRIC_KEYS, extract_answer, extract_span, full_text
 
@@ -63,8 +64,8 @@ def _place_image(image: ImageLike, out_dir: str, default_name: str, embed: bool)
             # Copied under our own name: two source folders may both hold a "heatmap.png".
             name = os.path.splitext(default_name)[0] + os.path.splitext(image)[1].lower()
             target = os.path.join(out_dir, name)
-            shutil.copyfile(image, target + ".tmp")
-            os.replace(target + ".tmp", target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(image, tmp)
         return urllib.parse.quote(name)
     data = _png_bytes(image)
     if embed:

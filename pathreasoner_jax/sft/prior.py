@@ -11,7 +11,6 @@ bytes) under a temporary name, then renamed.
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 
 import jax
@@ -24,6 +23,7 @@ from pathreasoner_jax.data.encode import Example, ExampleEncoder, collate, evenl
 from pathreasoner_jax.data.prior import pseudo_bag_prior
 from pathreasoner_jax.models.vlm import token_logprobs
 from pathreasoner_jax.records import trajectory_spans
+from pathreasoner_jax.slides.fileio import atomic_path
 
 
 @nnx.jit
@@ -91,8 +91,6 @@ def compute_prior_cache(model, encoder, samples, slides, lexicon, sft_cfg, num_c
             "num_clusters": num_clusters, **stats}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-        tmp = out_path + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out_path)
+        with atomic_path(out_path) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
+            np.savez(f, **arrays)
     return meta
