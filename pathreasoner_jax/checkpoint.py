@@ -66,6 +66,13 @@ class Checkpointer:
         nnx.update(model, state)
         return (out["opt"] if opt_state is not None else None), dict(out["meta"])
 
+    def resume(self, graphdef, trainable, frozen, opt_state, is_trainable):
+        """Restores the latest step into split training state → (trainable, frozen, opt_state, meta)."""
+        model = nnx.merge(graphdef, trainable, frozen)
+        opt_state, meta = self.restore(model, opt_state)
+        _, trainable, frozen = nnx.split(model, is_trainable, ...)
+        return trainable, frozen, opt_state, meta
+
     def wait(self):
         self.manager.wait_until_finished()
 

@@ -117,9 +117,7 @@ def train_grpo(rt: Runtime, force: bool = False, stop_after: int | None = None) 
     ck = Checkpointer(ckpt_dir, g.keep_last)
     start = 0
     if ck.latest_step() is not None:
-        model = nnx.merge(step.graphdef, trainable, frozen)
-        opt_state, meta = ck.restore(model, opt_state)
-        _, trainable, frozen = nnx.split(model, is_trainable, ...)
+        trainable, frozen, opt_state, meta = ck.resume(step.graphdef, trainable, frozen, opt_state, is_trainable)
         start = meta["step"]
         print0(f"grpo: resuming at step {start}")
     entities = load_entities(rt.prep_dir)

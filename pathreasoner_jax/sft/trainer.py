@@ -87,19 +87,17 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
     model = rt.build_model()
     init_from = cfg.sft.init_from or (rt.path("checkpoints", "sft") if cfg.sft.pseudo_bag else "")
     ck = Checkpointer(ckpt_dir, cfg.sft.keep_last)
+    resuming = ck.latest_step() is not None
+    if init_from and not resuming:
+        restore_params(init_from, model)
+        print0(f"{stage}: initialised from {init_from}")
     step_fn, trainable, frozen, opt_state = make_sft_step(model, cfg.sft, rt.model_cfg.lora.enabled, rt.mesh, total)
     start = 0
-    if ck.latest_step() is not None:
-        model = nnx.merge(step_fn.graphdef, trainable, frozen)
-        opt_state, meta = ck.restore(model, opt_state)
-        _, trainable, frozen = nnx.split(model, step_fn.filter, ...)
+    if resuming:
+        trainable, frozen, opt_state, meta = ck.resume(step_fn.graphdef, trainable, frozen, opt_state,
+                                                       step_fn.filter)
         start = meta["step"]
         print0(f"{stage}: resuming at step {start} from {ckpt_dir}")
-    elif init_from:
-        model = nnx.merge(step_fn.graphdef, trainable, frozen)
-        restore_params(init_from, model)
-        _, trainable, frozen = nnx.split(model, step_fn.filter, ...)
-        print0(f"{stage}: initialised from {init_from}")
     logger = MetricsLogger(rt.run_dir, stage)
     logger.truncate_after(start)
     flops_tok = train_flops_per_token(rt.model_cfg, max(cfg.data.length_buckets))
