@@ -11,19 +11,9 @@ import logging
 import os
 import time
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
+from data_prep.encoder_factory import lazy_encoder
 from pathreasoner_jax.config import load_config
-
-
-def _lazy_encoder(name: str, weights: str):
-    holder = {}
-
-    def get():
-        if "enc" not in holder:
-            from pathreasoner_jax.slides.encoders import build_encoder
-            holder["enc"] = build_encoder(name, weights)
-        return holder["enc"]
-    return get
 
 
 def _logging():
@@ -84,7 +74,7 @@ def prepare(cfg, num_workers: int = 1, worker_index: int = -1, merge_only: bool 
                 pass
         labels[sid] = lab
     splits = assign_splits(labels, cfg.data.splits, cfg.run.seed)
-    get_encoder = _lazy_encoder(cfg.data.encoder, cfg.data.encoder_weights)
+    get_encoder = lazy_encoder(cfg.data.encoder, cfg.data.encoder_weights)
     if not merge_only:
         parts = range(n) if worker_index < 0 else [worker_index]
         for part in parts:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import networkx as nx
 
 from data_prep.kg import KnowledgeGraph
-from pathreasoner_jax.slides.fileio import write_json
+from pathreasoner_jax.core.io import write_json
 
 MAX_DISTANCE = 3
 

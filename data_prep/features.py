@@ -11,9 +11,10 @@ import json
 import os
 import sys
 
-from pathreasoner_jax.cli import UserError
-from pathreasoner_jax.slides.fileio import write_json
+from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.core.io import write_json
 from pathreasoner_jax.slides.reader import SLIDE_EXTENSIONS, slide_id_of
+from data_prep.encoder_factory import lazy_encoder
 from data_prep.inputs import SlideItem, list_files
 from data_prep.slide_stage import SlideSettings, features_for
 
@@ -27,8 +28,7 @@ def extract_folder(slides: str, out: str, encoder: str = "demo", weights: str = 
     paths = list_files(slides, SLIDE_EXTENSIONS)
     if not paths:
         raise UserError(f"{slides}: no slide files ({', '.join(SLIDE_EXTENSIONS)})")
-    from data_prep.cli import _lazy_encoder
-    get_encoder = _lazy_encoder(encoder, weights)
+    get_encoder = lazy_encoder(encoder, weights)
     if encoder != "demo":
         get_encoder()  # bad weights are a usage error: fail before touching any slide
     settings = SlideSettings(encoder=encoder, target_magnification=float(magnification), patch_size=int(patch_size),

@@ -9,7 +9,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.run_layout import RunLayout
 from pathreasoner_jax.slides.reader import SLIDE_EXTENSIONS, slide_id_of
 from data_prep.reports import is_conversation_json, load_reports
 
@@ -35,10 +36,6 @@ class PrepInputs:
     kg_format: str = "pathology"
     demo: bool = False
     duplicates: list[dict] = field(default_factory=list)
-
-
-def prep_dir_of(cfg) -> str:
-    return cfg.data.prep_dir or os.path.join(cfg.run_dir, "prep")
 
 
 def demo_requested(cfg) -> bool:
@@ -104,6 +101,6 @@ def resolve_inputs(cfg) -> PrepInputs:
             reference = reports_path
         else:
             reports = load_reports(reports_path)
-    return PrepInputs(prep_dir=prep_dir_of(cfg), items=items, reports=reports, reports_path=reports_path,
+    return PrepInputs(prep_dir=RunLayout(cfg).prep_dir, items=items, reports=reports, reports_path=reports_path,
                       reference_path=reference, kg_path=d.kg_path, kg_format=d.kg_format, demo=demo,
                       duplicates=dups)

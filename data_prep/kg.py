@@ -1,9 +1,7 @@
 """Knowledge-graph loaders (SPEC §4): PrimeKG `kg.csv`, PathoML OWL (RDF/XML) and the
 project's own pathology graph (JSON or YAML, see `demo/pathology_kg.json`).
 
-All three become a `KnowledgeGraph`: a networkx MultiDiGraph whose nodes are entity ids
-(attributes name, type, synonyms) and whose edges carry a `relation` label, so parallel
-relations between the same two entities are all kept.
+All three become a `KnowledgeGraph` (`kg_graph.py`; re-exported here).
 
 Entity types are normalised to the linker's vocabulary: diagnosis, finding, anatomy,
 stage, concept (PrimeKG: disease → diagnosis, effect/phenotype → finding; other
@@ -14,66 +12,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass, field
 
-import networkx as nx
-
-from pathreasoner_jax.cli import UserError
+from data_prep.kg_graph import KnowledgeGraph
+from pathreasoner_jax.core.errors import UserError
 
 DEMO_KG = os.path.join(os.path.dirname(__file__), "demo", "pathology_kg.json")
 PRIMEKG_COLUMNS = ("relation", "display_relation", "x_index", "x_id", "x_type", "x_name", "x_source",
                    "y_index", "y_id", "y_type", "y_name", "y_source")
 _PRIMEKG_TYPES = {"disease": "diagnosis", "effect/phenotype": "finding", "anatomy": "anatomy"}
-
-
-@dataclass
-class KnowledgeGraph:
-    graph: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
-    source: str = ""
-    _undirected: nx.Graph | None = None
-
-    def add_entity(self, node: str, name: str, type_: str, synonyms=()) -> None:
-        if node in self.graph:
-            syn = self.graph.nodes[node]["synonyms"]
-            syn.extend(s for s in synonyms if s not in syn and s != name)
-            return
-        self.graph.add_node(node, name=name, type=type_, synonyms=[s for s in dict.fromkeys(synonyms) if s != name])
-
-    def add_relation(self, head: str, relation: str, tail: str) -> None:
-        # the relation label is also the edge key: the same labelled edge twice is one edge
-        self.graph.add_edge(head, tail, key=relation, relation=relation)
-        self._undirected = None
-
-    def name(self, node: str) -> str:
-        return self.graph.nodes[node]["name"]
-
-    def type(self, node: str) -> str:
-        return self.graph.nodes[node]["type"]
-
-    def synonyms(self, node: str) -> list[str]:
-        return self.graph.nodes[node]["synonyms"]
-
-    def nodes_by_name(self) -> dict[str, str]:
-        """canonical name → node id (first node wins when two share a name)."""
-        out: dict[str, str] = {}
-        for n, d in self.graph.nodes(data=True):
-            out.setdefault(d["name"], n)
-        return out
-
-    def undirected(self) -> nx.Graph:
-        """Simple undirected view used for shortest paths and similarity (cached)."""
-        if self._undirected is None:
-            g = nx.Graph()
-            g.add_nodes_from(self.graph.nodes)
-            g.add_edges_from((u, v) for u, v in self.graph.edges() if u != v)
-            self._undirected = g
-        return self._undirected
-
-    def relations_between(self, u: str, v: str) -> list[tuple[str, bool]]:
-        """Every relation label between u and v: (label, True) for u→v, (label, False) for v→u."""
-        fwd = sorted(self.graph[u][v]) if self.graph.has_edge(u, v) else []
-        bwd = sorted(self.graph[v][u]) if self.graph.has_edge(v, u) else []
-        return [(r, True) for r in fwd] + [(r, False) for r in bwd]
 
 
 def load_pathology_graph(path: str) -> KnowledgeGraph:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 
-from pathreasoner_jax.cli import UserError
-from data_prep.kg import KnowledgeGraph
+from pathreasoner_jax.core.errors import UserError
+from data_prep.kg_graph import KnowledgeGraph
 
 _TYPE_KEYWORDS = (
     ("diagnosis", ("disease", "diagnosis", "neoplasm", "tumor", "tumour", "carcinoma", "lymphoma")),

@@ -1,7 +1,8 @@
 """Entity linking from report text to KG nodes (SPEC §4).
 
-1. exact and synonym matches, case-insensitive, with one Aho-Corasick automaton over
-   every name and synonym; only whole-word matches, leftmost-longest, no overlaps;
+1. exact and synonym matches with the project's whole-word matcher over every name and
+   synonym (`pathreasoner_jax.text.matcher`: case-insensitive, leftmost-longest, no
+   overlaps; its docstring states the rules);
 2. fuzzy matches on the words not covered by step 1: word n-grams are compared with
    lexicon entries that share character trigrams (difflib ratio ≥ threshold), so
    misspellings ("pleomorphsim") still link without scanning the whole lexicon.
@@ -16,9 +17,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-import ahocorasick
-
 from data_prep.kg import KnowledgeGraph
+from pathreasoner_jax.text.matcher import WholeWordMatcher, fold_case, normalize_surface
 
 TYPE_PRIORITY = ("diagnosis", "finding", "anatomy", "stage", "concept")
 _NEG = re.compile(r"\b(no|not|without|negative for|absence of|absent|free of|nor|rather than|instead of)\b")
@@ -51,16 +51,12 @@ class EntityLinker:
         self.surfaces: dict[str, str] = {}  # lower-case surface → node
         for node, d in kg.graph.nodes(data=True):
             for s in [d["name"], *d["synonyms"]]:
-                key = " ".join(s.lower().split())
+                key = normalize_surface(s)
                 old = self.surfaces.get(key)
                 # a surface shared by two nodes goes to the more specific type (diagnosis first)
                 if key and (old is None or rank.get(d["type"], 99) < rank.get(kg.type(old), 99)):
                     self.surfaces[key] = node
-        self.automaton = ahocorasick.Automaton()
-        for key, node in self.surfaces.items():
-            self.automaton.add_word(key, (key, node))
-        if self.surfaces:
-            self.automaton.make_automaton()
+        self.matcher = WholeWordMatcher(self.surfaces.items())
         self.max_words = max((len(k.split()) for k in self.surfaces), default=1)
         self.trigram_index: dict[str, list[str]] = defaultdict(list)
         for key in self.surfaces:
@@ -70,7 +66,7 @@ class EntityLinker:
 
     def link(self, text: str) -> list[Mention]:
         """Mentions in text order."""
-        low = text.lower()
+        low = fold_case(text)
         found = self._exact(low)
         covered = [False] * len(low)
         for m in found:
@@ -81,20 +77,7 @@ class EntityLinker:
                         self._negated(low, s)) for s, e, node, score in found]
 
     def _exact(self, low: str) -> list[tuple[int, int, str, float]]:
-        if not self.surfaces:
-            return []
-        cands = []
-        for end, (key, node) in self.automaton.iter(low):
-            start = end - len(key) + 1
-            if (start == 0 or not low[start - 1].isalnum()) and (end + 1 == len(low) or not low[end + 1].isalnum()):
-                cands.append((start, end + 1, node))
-        cands.sort(key=lambda c: (c[0], -(c[1] - c[0])))  # leftmost, then longest
-        out, last = [], -1
-        for s, e, node in cands:
-            if s >= last:
-                out.append((s, e, node, 1.0))
-                last = e
-        return out
+        return [(m.start, m.end, m.value, 1.0) for m in self.matcher.find(low)]
 
     def _fuzzy(self, low: str, covered: list[bool]) -> list[tuple[int, int, str, float]]:
         if self.fuzzy_threshold >= 1.0 or not self.trigram_index:

@@ -14,9 +14,9 @@ import os
 import sys
 from collections import defaultdict
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.records import SPLITS, encode_sample, encode_slide
-from pathreasoner_jax.slides.fileio import remove_stale_tmp, sha256_file, write_json
+from pathreasoner_jax.core.io import remove_stale_tmp, sha256_file, write_json
 from data_prep.inputs import PrepInputs
 from data_prep.sample_stage import SampleContext, samples_for
 from data_prep.shards import shard_name, write_shard

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.records import IMAGE_TOKEN, SampleRecord, parse_trajectory
 from pathreasoner_jax.slides.reader import slide_id_of
 from data_prep.trajectories import split_sentences

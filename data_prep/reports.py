@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 
 
 def is_conversation_json(path: str) -> bool:

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from pathreasoner_jax.records import SampleRecord
-from pathreasoner_jax.slides.fileio import remove_stale_tmp, write_json
+from pathreasoner_jax.core.io import remove_stale_tmp, write_json
 from data_prep.kg import KnowledgeGraph
 from data_prep.linking import EntityLinker
 from data_prep.trajectories import (SampleError, analyse_report, make_inputs, quality_problem, ranked_paths,

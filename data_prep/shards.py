@@ -12,7 +12,7 @@ from typing import Iterable
 
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from pathreasoner_jax.slides.fileio import atomic_path, sha256_file
+from pathreasoner_jax.core.io import atomic_path, sha256_file
 
 WRITER_OPTIONS = "group_size:1"
 

@@ -11,13 +11,13 @@ from typing import Callable
 
 import numpy as np
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.records import SlideRecord
 from pathreasoner_jax.slides.cluster import kmeans
 from pathreasoner_jax.slides.encoders import PatchEncoder
 from pathreasoner_jax.slides.h5io import FeatureFile, load_feature_file, read_features_h5, write_features_h5
 from pathreasoner_jax.slides.extract import extract_slide
-from pathreasoner_jax.slides.fileio import remove_stale_tmp
+from pathreasoner_jax.core.io import remove_stale_tmp
 from data_prep.inputs import SlideItem
 
 

@@ -14,11 +14,7 @@ import argparse
 import importlib
 import sys
 
-from pathreasoner_jax.config import ConfigError
-
-
-class UserError(RuntimeError):
-    """An expected failure the user can fix; printed as one line, no traceback."""
+from pathreasoner_jax.core.errors import ConfigError, UserError  # noqa: F401 (UserError: re-export)
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -35,8 +31,8 @@ COMMANDS = {
     "grpo": ("pathreasoner_jax.grpo.cli:run_grpo", "knowledge-aware GRPO / DAPO"),
     "eval": ("pathreasoner_jax.eval.cli:run_eval", "metrics on a held-out split"),
     "infer": ("pathreasoner_jax.eval.cli:run_infer", "answer + evidence map for one slide"),
-    "hf-import": ("pathreasoner_jax.hf_io:run_import", "local HF directory → orbax checkpoint"),
-    "hf-export": ("pathreasoner_jax.hf_io:run_export", "checkpoint → HF directory (LoRA merged)"),
+    "hf-import": ("pathreasoner_jax.hf.cli:run_import", "local HF directory → orbax checkpoint"),
+    "hf-export": ("pathreasoner_jax.hf.cli:run_export", "checkpoint → HF directory (LoRA merged)"),
     "bench": ("pathreasoner_jax.bench:run_bench", "benchmarks against PyTorch baselines"),
 }
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 from pathreasoner_jax.bench_flops import lora_params
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 
 GiB = 1 << 30
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

@@ -1,4 +1,4 @@
-"""Metrics to JSONL (metrics/<stage>.jsonl) and TensorBoard (tb/<stage>), from host 0."""
+"""Metrics to JSONL and TensorBoard (paths from `RunLayout.metrics` / `.tensorboard`), from host 0."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import time
 
 import jax
 
-from pathreasoner_jax.slides.fileio import atomic_path
+from pathreasoner_jax.core.io import atomic_path
 
 
 def print0(msg: str) -> None:
@@ -18,15 +18,17 @@ def print0(msg: str) -> None:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str, stage: str, tensorboard: bool = True):
+    """`path`: the JSONL file; `tensorboard_dir`: the event folder ("" : no TensorBoard)."""
+
+    def __init__(self, path: str, tensorboard_dir: str = ""):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(run_dir, "metrics", f"{stage}.jsonl")
+        self.path = path
         self.tb = None
         if self.enabled:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            if tensorboard:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            if tensorboard_dir:
                 from tensorboardX import SummaryWriter
-                self.tb = SummaryWriter(os.path.join(run_dir, "tb", stage))
+                self.tb = SummaryWriter(tensorboard_dir)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:

@@ -1,4 +1,4 @@
-"""What every stage needs first: config paths, tokenizer, special ids, resolved model
+"""What every stage needs first: the run layout, tokenizer, special ids, resolved model
 config, mesh — and the model built (optionally from a checkpoint) in its shardings."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from pathreasoner_jax import distributed
 from pathreasoner_jax.config import Config, ModelConfig
+from pathreasoner_jax.run_layout import RunLayout
 from pathreasoner_jax.tokenizer import SpecialIds, load_tokenizer, special_ids
 
 log = logging.getLogger(__name__)
@@ -22,15 +23,8 @@ class Runtime:
     mesh: object
 
     @property
-    def run_dir(self) -> str:
-        return self.cfg.run_dir
-
-    @property
-    def prep_dir(self) -> str:
-        return prep_dir(self.cfg)
-
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.run_dir, *parts)
+    def layout(self) -> RunLayout:
+        return RunLayout(self.cfg)
 
     def build_model(self, seed: int | None = None):
         from pathreasoner_jax.models.factory import create_model
@@ -40,20 +34,12 @@ class Runtime:
                                 self.cfg.run.seed if seed is None else seed)
 
 
-def prep_dir(cfg: Config) -> str:
-    return cfg.data.prep_dir or os.path.join(cfg.run_dir, "prep")
-
-
-def tokenizer_dir(cfg: Config) -> str:
-    return cfg.model.tokenizer_path or cfg.model.llm.hf_path or os.path.join(prep_dir(cfg), "tokenizer")
-
-
 def setup(cfg: Config) -> Runtime:
     distributed.initialize(cfg.mesh)
     from pathreasoner_jax.models.factory import resolve_model_config
     from pathreasoner_jax.sharding import mesh_from_config
 
-    tdir = tokenizer_dir(cfg)
+    tdir = RunLayout(cfg).tokenizer_dir
     if not os.path.isdir(tdir):
         raise FileNotFoundError(f"{tdir}: tokenizer directory does not exist (run `pathreasoner prepare` "
                                 f"first, or set model.tokenizer_path)")

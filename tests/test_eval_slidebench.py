@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.eval.slidebench import (
     build_mc_prompt, load_slidebench_csv, parse_choice, score_slidebench)
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.eval.wsivqa import load_wsivqa_json, score_wsivqa, wsivqa_prompt
 
 # The released format: closed questions carry "Choice" (texts) and "Answer" (the right text).

@@ -12,7 +12,7 @@ from pathreasoner_jax.generate import SamplingParams, sample
 from pathreasoner_jax.grpo.iteration import GRPOState, grpo_iteration
 from pathreasoner_jax.grpo.step import assemble, make_grpo_step
 from pathreasoner_jax.models.factory import create_model
-from pathreasoner_jax.sft.step import trainable_filter
+from pathreasoner_jax.train.params import trainable_filter
 from pathreasoner_jax.config import SFTConfig
 from pathreasoner_jax.sharding import make_mesh
 from pathreasoner_jax.tokenizer import SpecialIds
@@ -44,7 +44,7 @@ def _prompts(n=4, seed=0):
             "patch_valid": jnp.ones((n, 3), bool)}
 
 
-def contains_target(rollout, prompts):
+def contains_target(rollout, prompts, group_size):
     hit = jnp.any((rollout["tokens"] == TARGET) & rollout["mask"], axis=1).astype(jnp.float32)
     return {"total": hit, "contains": hit}
 

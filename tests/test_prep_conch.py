@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
 
-from pathreasoner_jax.cli import UserError  # noqa: E402
+from pathreasoner_jax.core.errors import UserError  # noqa: E402
 
 W, LAYERS, HEADS, P, IMG, D, POOL_HEADS = 32, 2, 4, 8, 32, 16, 8  # CONCH: 8 pooler heads
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])  # CONCH (OpenAI CLIP) preprocessing

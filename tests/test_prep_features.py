@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.slides.cluster import kmeans
 from pathreasoner_jax.slides.h5io import FeatureFile, load_feature_file, read_features_h5, write_features_h5
 

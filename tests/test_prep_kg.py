@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 from data_prep.kg import DEMO_KG, PRIMEKG_COLUMNS, KnowledgeGraph, load_kg, load_pathology_graph, load_primekg_csv
 from data_prep.paths import find_paths, verbalize
 

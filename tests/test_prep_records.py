@@ -89,7 +89,7 @@ def _softmax(xs):
 
 
 def test_pseudo_bag_prior_formula_by_hand():
-    from pathreasoner_jax.data.prior import pseudo_bag_prior
+    from pathreasoner_jax.sft.prior import pseudo_bag_prior
     delta, sizes = [1.0, 0.0, 2.0, 5.0], [10, 50, 40, 1]
     # N = 101, ⌊0.02·101⌋ = 2 → cluster 3 (1 patch) is not eligible
     p = np.asarray(pseudo_bag_prior(delta, sizes, mu=0.7, tau=1.0, eps=0.02))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

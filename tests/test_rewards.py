@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pathreasoner_jax.grpo import rewards as R
-from pathreasoner_jax.grpo import rewards_text as RT
+from benchmarks.torch_baseline import rewards as RT
 from pathreasoner_jax.tokenizer import FORMAT_TAGS, load_tokenizer, special_ids, train_demo_tokenizer
 
 ENTITIES = ["invasive ductal carcinoma", "ductal carcinoma in situ", "carcinoma", "lymphovascular invasion",
@@ -71,7 +71,7 @@ def rw(request, tmp_path_factory):
     sim = np.maximum(sim, sim.T).astype(np.float32)
     np.fill_diagonal(sim, 1.0)
     return dict(name=request.param, tok=tok, sid=sid, tables=R.build_token_tables(tok, sid, len(tok) + 7),
-                lex=R.compile_lexicon(tok, SURFACES, E), matcher=RT.TextEntityMatcher(SURFACES), sim=sim)
+                lex=R.compile_lexicon(tok, SURFACES, E), matcher=RT.entity_matcher(SURFACES), sim=sim)
 
 
 def _enc(tok, text):

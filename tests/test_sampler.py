@@ -11,7 +11,7 @@ from pathreasoner_jax.config import GRPOConfig, SFTConfig
 from pathreasoner_jax.generate import SamplingParams, filter_logits, sample
 from pathreasoner_jax.grpo.iteration import GRPOState, grpo_iteration
 from pathreasoner_jax.grpo.step import make_grpo_step
-from pathreasoner_jax.sft.step import trainable_filter
+from pathreasoner_jax.train.params import trainable_filter
 from pathreasoner_jax.sharding import make_mesh
 from test_grpo_learning import EOS, IDS, _model, _prompts, contains_target
 

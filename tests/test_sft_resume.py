@@ -79,7 +79,7 @@ def test_grpo_starts_from_the_sft_weights_and_prior_cache_reads_back(corpus, tmp
     from pathreasoner_jax.checkpoint import restore_params
     from pathreasoner_jax.config import load_config
     from pathreasoner_jax.runtime import setup
-    from pathreasoner_jax.sft.trainer import load_priors
+    from pathreasoner_jax.sft.prior import load_priors
 
     root = str(tmp_path / "run")
     for args in (["sft"], ["prior"], ["grpo"]):

@@ -1,6 +1,6 @@
 """Builds a `TorchVLM` holding a `PathVLM`'s weights.
 
-The LLM goes through the HF name mapping of `pathreasoner_jax.hf_io` (the one
+The LLM goes through the HF name mapping of `pathreasoner_jax.hf.weights` (the one
 `export_llm` writes with) straight into a state dict in memory, not through an exported
 directory: at 7B a disk round trip costs tens of GB, and LoRA adapters stay separate
 (export merges them) so the baseline trains the same adapters as we do.
@@ -16,7 +16,7 @@ from flax import nnx
 
 from benchmarks.torch_baseline.lora import apply_lora
 from benchmarks.torch_baseline.vlm import TorchVLM
-from pathreasoner_jax.hf_io import hf_config_dict, hf_name_to_path, llm_param_names
+from pathreasoner_jax.hf.weights import hf_config_dict, hf_name_to_path, llm_param_names
 
 
 def _host(x) -> np.ndarray:

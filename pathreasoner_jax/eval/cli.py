@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.config import load_config
 
 
@@ -16,14 +16,14 @@ def run_eval(args) -> int:
     from pathreasoner_jax.runtime import setup
 
     rt = setup(load_config(args.config, args.overrides))
-    out_dir = rt.path("eval")
+    out_dir = rt.layout.eval_dir
     metrics = run_evaluation(rt)
     metrics.update(run_suites(rt))
     os.makedirs(out_dir, exist_ok=True)
     write_metrics_json(metrics, os.path.join(out_dir, "metrics.json"))
     table = {k: v for k, v in metrics.items() if k not in ("examples",)}
     write_metrics_md(table, os.path.join(out_dir, "metrics.md"), title=f"Evaluation of {rt.cfg.run.name}")
-    metrics_dir = rt.path("metrics")
+    metrics_dir = rt.layout.metrics_dir
     plots = plot_training_curves(metrics_dir, out_dir) if os.path.isdir(metrics_dir) else {}
     print(summary(metrics))
     print(f"eval: {os.path.join(out_dir, 'metrics.json')}, metrics.md and {len(plots)} plot(s) in {out_dir}")
@@ -39,7 +39,7 @@ def run_infer(args) -> int:
     if not os.path.exists(args.slide):
         raise UserError(f"{args.slide}: slide or feature file does not exist")
     rt = setup(load_config(args.config, args.overrides))
-    out_dir = args.out or rt.path("infer")
+    out_dir = args.out or rt.layout.infer_dir
     result = infer(rt, args.slide, args.question, out_dir)
     print(f"answer: {result['answer']}")
     print(f"infer: {os.path.join(out_dir, 'answer.json')}, report {os.path.join(out_dir, 'report.html')}")

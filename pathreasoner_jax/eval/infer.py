@@ -8,7 +8,6 @@ model's own answer when one cluster's patches are hidden.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax.numpy as jnp
@@ -16,17 +15,17 @@ import numpy as np
 from flax import nnx
 
 from pathreasoner_jax.checkpoint import restore_params
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.data.encode import evenly_spaced_patches
-from pathreasoner_jax.eval.atomic import atomic_write_json
+from pathreasoner_jax.core.io import write_json
 from pathreasoner_jax.eval.entities import EntityLexicon
 from pathreasoner_jax.eval.evidence import cluster_drops, evidence_png_bytes, occlusion_scores
-from pathreasoner_jax.eval.metrics import extract_answer, extract_span
 from pathreasoner_jax.eval.report import entity_slug, write_report
-from pathreasoner_jax.eval.runner import decode_completions
 from pathreasoner_jax.generate import SamplingParams, sample
 from pathreasoner_jax.models.vlm import token_logprobs
 from pathreasoner_jax.slides.cluster import kmeans
+from pathreasoner_jax.text.decode import completion_texts
+from pathreasoner_jax.text.spans import extract_answer, extract_span
 
 FEATURE_EXTS = (".h5", ".hdf5", ".csv")
 
@@ -66,8 +65,7 @@ def load_slide_input(rt, path: str):
 
 
 def _final_checkpoint(rt) -> str:
-    from pathreasoner_jax.grpo.trainer import final_checkpoint
-    ckpt = final_checkpoint(rt)
+    ckpt = rt.layout.final_checkpoint()
     if not os.path.isdir(ckpt):
         raise UserError(f"{ckpt}: checkpoint directory does not exist (train the model first)")
     return ckpt
@@ -93,9 +91,9 @@ def infer(rt, slide_path: str, question: str, out_dir: str) -> dict:
     out = sample(model, jnp.asarray(prompt), jnp.ones_like(jnp.asarray(prompt), bool), f, pv, None,
                  params=SamplingParams(max_new_tokens=rt.cfg.eval.max_new_tokens, greedy=True),
                  eos_id=rt.ids.eos, pad_id=rt.ids.pad)
-    completion = decode_completions(rt.tokenizer, out["tokens"], out["mask"])[0]
+    completion = completion_texts(rt.tokenizer, out["tokens"], out["mask"])[0]
     from pathreasoner_jax.data.store import load_entities
-    entries = load_entities(rt.prep_dir)["entities"]
+    entries = load_entities(rt.layout.prep_dir)["entities"]
     lexicon = EntityLexicon(entries)
     reasoning = " ".join(s for s in (extract_span(completion, "observe"), extract_span(completion, "think")) if s)
     entities = sorted({m.name for m in lexicon.find(reasoning)})
@@ -109,7 +107,7 @@ def infer(rt, slide_path: str, question: str, out_dir: str) -> dict:
               "answer": extract_answer(completion), "entities": entities, "evidence_cluster_drops": drops,
               "checkpoint": os.path.abspath(ckpt), "method": "occlusion by pseudo-bag cluster"}
     os.makedirs(out_dir, exist_ok=True)
-    atomic_write_json(os.path.join(out_dir, "answer.json"), result)
+    write_json(os.path.join(out_dir, "answer.json"), result)
     write_report(out_dir, question=question, completion=completion, thumbnail=thumb, heatmaps=heatmaps,
                  lexicon=entries, provenance={"checkpoint": ckpt, "config run": rt.cfg.run.name,
                                               "slide": slide_path, "patches used": len(idx),

@@ -23,23 +23,14 @@ from collections import defaultdict
 from typing import Iterable, Optional, Sequence
 
 from pathreasoner_jax.eval.entities import as_lexicon
+from pathreasoner_jax.text.spans import extract_answer, full_text, reasoning_text, strip_end_tokens
 from pathreasoner_jax.tokenizer import FORMAT_TAGS
 
-SPAN_TAGS = ("observe", "think", "answer")
 METRIC_KEYS = ("format_compliance", "answer_accuracy", "bleu1", "bleu2", "bleu3", "bleu4",
                "rouge1", "rouge2", "rougeL", "entity_precision", "entity_recall", "entity_f1", "n")
 
-# EOS (<|im_end|>) and pad (<|endoftext|>), as the GRPO format reward allows after </answer>.
-_END_TOKENS = ("<|im_end|>", "<|endoftext|>")
-_END_TOKENS_RE = re.compile(r"(?:\s*(?:" + "|".join(re.escape(t) for t in _END_TOKENS) + r"))+\s*$")
 _FORMAT_RE = re.compile(
     r"^\s*<observe>.*?</observe>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
-_TAG_RE = re.compile("|".join(re.escape(t) for t in FORMAT_TAGS))
-
-
-def strip_end_tokens(text: str) -> str:
-    """Drop trailing end-of-turn tokens (and the whitespace around them)."""
-    return _END_TOKENS_RE.sub("", text)
 
 
 # ---------------------------------------------------------------- format and spans
@@ -57,38 +48,6 @@ def is_format_compliant(completion: str) -> bool:
 def format_compliance(completions: Sequence[str]) -> float:
     """Fraction of completions that satisfy `is_format_compliant` (0.0 for none)."""
     return sum(map(is_format_compliant, completions)) / len(completions) if completions else 0.0
-
-
-def extract_span(text: str, tag: str) -> Optional[str]:
-    """Stripped content of the first complete `<tag>…</tag>` span, or None."""
-    m = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.DOTALL)
-    return m.group(1).strip() if m else None
-
-
-def extract_answer(text: str) -> str:
-    """The answer of a completion: the first `<answer>…</answer>` span; for a generation cut
-    off inside the span, the text after the last `<answer>`; with no `<answer>` tag at all,
-    the whole text with any tags removed (plain reference answers pass through unchanged)."""
-    text = strip_end_tokens(text)
-    span = extract_span(text, "answer")
-    if span is not None:
-        return span
-    if "<answer>" in text:
-        return _TAG_RE.sub(" ", text.rsplit("<answer>", 1)[1]).strip()
-    return " ".join(_TAG_RE.sub(" ", text).split())
-
-
-def reasoning_text(text: str) -> str:
-    """The observe + think spans (where entities are counted, as the entity reward does);
-    the whole text without tags when neither span is present."""
-    text = strip_end_tokens(text)
-    spans = [s for s in (extract_span(text, "observe"), extract_span(text, "think")) if s is not None]
-    return "\n".join(spans) if spans else " ".join(_TAG_RE.sub(" ", text).split())
-
-
-def full_text(text: str) -> str:
-    """The completion with tags and end tokens removed (for `text_span="full"`)."""
-    return " ".join(_TAG_RE.sub(" ", strip_end_tokens(text)).split())
 
 
 # ---------------------------------------------------------------- answer accuracy

@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from typing import Iterable, Union
 
-from pathreasoner_jax.eval.atomic import atomic_write_bytes
+from pathreasoner_jax.core.io import write_bytes
 
 STEP_KEYS = ("step", "global_step", "iteration", "iter")
 
@@ -118,5 +118,5 @@ def plot_training_curves(logs: Union[str, Iterable[str]], out_dir: str) -> dict[
     for name, title, ylabel, _ in GROUPS:
         if series.get(name):
             path = os.path.join(out_dir, f"{name}.png")
-            written[name] = atomic_write_bytes(path, _figure_png(title, ylabel, series[name]))
+            written[name] = write_bytes(path, _figure_png(title, ylabel, series[name]))
     return written

@@ -20,15 +20,14 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 from PIL import Image
 
-from pathreasoner_jax.eval.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from pathreasoner_jax.slides.fileio import atomic_path
+from pathreasoner_jax.core.io import atomic_path, write_bytes, write_json, write_text
 from pathreasoner_jax.eval.entities import as_lexicon
-from pathreasoner_jax.eval.metrics import METRIC_KEYS, extract_answer, extract_span, full_text
+from pathreasoner_jax.eval.metrics import METRIC_KEYS
+from pathreasoner_jax.text.spans import extract_answer, extract_span, full_text
 
 ImageLike = Union[str, bytes, Image.Image, np.ndarray]
 
-__all__ = ["write_report", "write_metrics_md", "write_metrics_json", "entity_slug",
-           "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["write_report", "write_metrics_md", "write_metrics_json", "entity_slug"]
 
 
 def entity_slug(name: str) -> str:
@@ -70,7 +69,7 @@ def _place_image(image: ImageLike, out_dir: str, default_name: str, embed: bool)
     data = _png_bytes(image)
     if embed:
         return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    atomic_write_bytes(os.path.join(out_dir, default_name), data)
+    write_bytes(os.path.join(out_dir, default_name), data)
     return urllib.parse.quote(default_name)
 
 
@@ -158,7 +157,7 @@ def write_report(out_dir: str, *, question: str, completion: str, answer: Option
     page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
-    return atomic_write_text(os.path.join(out_dir, "report.html"), page)
+    return write_text(os.path.join(out_dir, "report.html"), page)
 
 
 # ---------------------------------------------------------------- metrics files
@@ -211,9 +210,9 @@ def write_metrics_md(metrics: Mapping[str, Any], path: str, title: str = "Evalua
     """Write `metrics` as markdown tables: top-level numbers as metric | value, each
     {category: {metric: value}} mapping (e.g. per_category) as one row per category, other
     nested mappings as their own sections; lists are left out. Returns `path`."""
-    return atomic_write_text(path, "\n".join(_render(metrics, title, 1)).rstrip() + "\n")
+    return write_text(path, "\n".join(_render(metrics, title, 1)).rstrip() + "\n")
 
 
 def write_metrics_json(metrics: Mapping[str, Any], path: str) -> str:
     """Write `metrics` as indented JSON (sorted keys), atomically. Returns `path`."""
-    return atomic_write_json(path, metrics)
+    return write_json(path, metrics)

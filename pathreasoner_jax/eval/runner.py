@@ -10,30 +10,21 @@ keys of metrics.json are the final model's (SPEC §9); `models` holds every mode
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 from pathreasoner_jax.checkpoint import restore_params
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.data.prompts import PromptBuilder
 from pathreasoner_jax.eval.metrics import compute_metrics
 from pathreasoner_jax.generate import SamplingParams, sample
-from pathreasoner_jax.grpo.trainer import default_init, final_checkpoint, make_reward_fn
+from pathreasoner_jax.grpo.reward_fn import make_reward_fn
 from pathreasoner_jax.runtime import Runtime
+from pathreasoner_jax.text.decode import completion_texts
 
 log = logging.getLogger(__name__)
-
-
-def decode_completions(tok, tokens, mask) -> list[str]:
-    """Completion text with the tags kept; EOS and padding dropped."""
-    out = []
-    for row, m in zip(np.asarray(tokens), np.asarray(mask)):
-        text = tok.decode([int(t) for t, keep in zip(row, m) if keep], skip_special_tokens=False)
-        out.append(text.replace("<|im_end|>", "").replace("<|endoftext|>", "").strip())
-    return out
 
 
 def generate(rt: Runtime, model, builder: PromptBuilder, rows, slide_ids, max_new: int, batch_size: int,
@@ -51,9 +42,9 @@ def generate(rt: Runtime, model, builder: PromptBuilder, rows, slide_ids, max_ne
         out = sample(model, prompts["ids"], prompts["text_valid"], prompts["features"], prompts["patch_valid"],
                      jax.random.key(i), params=params, eos_id=rt.ids.eos, pad_id=rt.ids.pad)
         g = params.group_size
-        texts += decode_completions(rt.tokenizer, out["tokens"], out["mask"])[:n * g]
+        texts += completion_texts(rt.tokenizer, out["tokens"], out["mask"])[:n * g]
         if reward_fn is not None:
-            rewards += np.asarray(reward_fn(out, prompts)["total"])[:n * g].tolist()
+            rewards += np.asarray(reward_fn(out, prompts, params.group_size)["total"])[:n * g].tolist()
     return texts, rewards
 
 
@@ -70,9 +61,9 @@ def evaluate_model(rt, model, builder, rows, slide_ids, lexicon, reward_fn, desc
                               reference_entities=[set(s.entities) for s in rows], text_span="full")
     metrics["reward_mean"] = float(np.mean(rewards)) if rewards else None
     if cfg.judge:  # judged accuracy through the endpoint of rewards.judge_*
-        from pathreasoner_jax.eval.metrics import extract_answer
+        from pathreasoner_jax.text.spans import extract_answer
         from pathreasoner_jax.grpo.judge import Judge
-        judge = Judge.from_config(rt.cfg.rewards, cache_path=rt.path("judge_cache.jsonl"))
+        judge = Judge.from_config(rt.cfg.rewards, cache_path=rt.layout.judge_cache)
         scores = judge.score_batch([s.question for s in rows], [s.answer for s in rows],
                                    [extract_answer(t) for t in texts])
         metrics["answer_accuracy_judge"] = float(np.mean(scores))
@@ -86,42 +77,22 @@ def evaluate_model(rt, model, builder, rows, slide_ids, lexicon, reward_fn, desc
     return metrics, texts
 
 
-def checkpoints_to_evaluate(rt: Runtime) -> dict[str, str | None]:
-    found = {"untrained": None}
-    sft = default_init(rt)
-    if os.path.isdir(sft):
-        found["sft"] = sft
-    grpo = rt.path("checkpoints", "grpo")
-    if os.path.isdir(grpo):
-        found["grpo"] = grpo
-    return found
-
-
-def _final_model(rt: Runtime):
-    """The last trained model: grpo if present, else the last SFT stage."""
-    path = final_checkpoint(rt)
-    if not os.path.isdir(path):
-        raise UserError(f"{rt.path('checkpoints')}: no SFT or GRPO checkpoint (run `pathreasoner sft`)")
-    model = rt.build_model()
-    restore_params(path, model)
-    return model
-
-
 def run_evaluation(rt: Runtime, limit: int | None = None) -> dict:
     from pathreasoner_jax.data.store import SampleSource, SlideStore, load_entities
 
     cfg = rt.cfg
-    samples = SampleSource(rt.prep_dir, cfg.eval.split)
+    layout = rt.layout
+    samples = SampleSource(layout.prep_dir, cfg.eval.split)
     if len(samples) == 0:
-        raise UserError(f"{rt.prep_dir}: split {cfg.eval.split!r} is empty")
+        raise UserError(f"{layout.prep_dir}: split {cfg.eval.split!r} is empty")
     rows = [samples[i] for i in range(len(samples) if limit is None else min(limit, len(samples)))]
-    entities = load_entities(rt.prep_dir)
-    slides = SlideStore(rt.prep_dir)
+    entities = load_entities(layout.prep_dir)
+    slides = SlideStore(layout.prep_dir)
     builder = PromptBuilder(rt, samples, slides, entities)
     judge_model = None
     if cfg.rewards.semantic == "self":  # GRPO's judge: the frozen SFT model
         judge_model = rt.build_model()
-        restore_params(default_init(rt), judge_model)
+        restore_params(layout.grpo_init(), judge_model)
     reward_fn = make_reward_fn(rt, entities, builder, judge_model)
     sampled_fn = reward_fn if cfg.eval.reward_samples > 0 else None
     lexicon = entities["entities"]
@@ -129,9 +100,9 @@ def run_evaluation(rt: Runtime, limit: int | None = None) -> dict:
     perm = np.random.default_rng(cfg.run.seed).permutation(len(rows))
     shuffled_ids = [true_ids[(j + 1) % len(rows)] if j == i else true_ids[j] for i, j in enumerate(perm)]
     results, outputs = {}, {}
-    ckpts = checkpoints_to_evaluate(rt)
+    ckpts = {"untrained": None, **layout.trained_checkpoints()}
     if len(ckpts) == 1:
-        raise UserError(f"{rt.path('checkpoints')}: no SFT or GRPO checkpoint to evaluate (run `pathreasoner sft`)")
+        raise UserError(f"{layout.path('checkpoints')}: no SFT or GRPO checkpoint to evaluate (run `pathreasoner sft`)")
     final = "grpo" if "grpo" in ckpts else "sft"
     for name, path in ckpts.items():
         model = rt.build_model()

@@ -14,8 +14,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from pathreasoner_jax.cli import UserError
-from pathreasoner_jax.eval.metrics import extract_answer, normalize_answer
+from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.eval.metrics import normalize_answer
+from pathreasoner_jax.text.spans import extract_answer
 
 SLIDEBENCH_COLUMNS = ("ID", "Slide", "Tumor", "Broad Category", "Narrow Category",
                       "Question", "A", "B", "C", "D", "Answer")

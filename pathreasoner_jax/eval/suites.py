@@ -38,10 +38,10 @@ def run_suites(rt) -> dict:
         suites.append(("wsivqa", load_wsivqa_json(cfg.wsivqa_json), wsivqa_prompt, score_wsivqa))
     if not suites:
         return {}
-    slides = SlideStore(rt.prep_dir)
+    slides = SlideStore(rt.layout.prep_dir)
     prepared = [(name, *_as_samples(items, prompt_fn, slides), items, score_fn)
                 for name, items, prompt_fn, score_fn in suites]
-    builder = PromptBuilder(rt, SampleSource(rt.prep_dir, "train"), slides, load_entities(rt.prep_dir),
+    builder = PromptBuilder(rt, SampleSource(rt.layout.prep_dir, "train"), slides, load_entities(rt.layout.prep_dir),
                             extra_questions=[r.question for _, rows, *_ in prepared for r in rows])
     model = _final_model(rt)
     out = {}

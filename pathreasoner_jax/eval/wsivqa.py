@@ -26,8 +26,9 @@ import os
 import re
 from typing import Any, Mapping, Optional, Sequence
 
-from pathreasoner_jax.cli import UserError
-from pathreasoner_jax.eval.metrics import exact_match, extract_answer, normalize_answer
+from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.eval.metrics import exact_match, normalize_answer
+from pathreasoner_jax.text.spans import extract_answer
 from pathreasoner_jax.eval.slidebench import MCItem, accuracy_table, build_mc_prompt, parse_choice
 
 FIELD_ALIASES = {

@@ -45,12 +45,12 @@ def rollout_and_score(step: GRPOStep, state: GRPOState, prompts: dict, reward_fn
                             top_k=cfg.top_k, group_size=cfg.group_size, shared_prefix=True)
     rollout = sample(model, prompts["ids"], prompts["text_valid"], prompts["features"], prompts["patch_valid"],
                      key, params=params, eos_id=ids.eos, pad_id=ids.pad)
-    return rollout, reward_fn(rollout, prompts)
+    return rollout, reward_fn(rollout, prompts, cfg.group_size)
 
 
 def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int], dict], reward_fn: Callable,
                    key, cfg, ids) -> tuple[GRPOState, dict]:
-    """`next_prompts(try)` gives a prompt batch (B rows); `reward_fn(rollout, prompts)` a
+    """`next_prompts(try)` gives a prompt batch (B rows); `reward_fn(rollout, prompts, G)` a
     dict of (B·G,) arrays with at least `total`. Returns the new state and metrics."""
     g = cfg.group_size
     prompts = next_prompts(0)

@@ -3,7 +3,7 @@
 Every function here takes the *completion* ids and the completion mask only (never the
 prompt: the reference's defect 4); positions with mask 0 are ignored, so a caller that
 passes prompt + completion with a completion-only mask gets the same rewards.
-Each reward has a plain-Python twin on decoded text in `rewards_text.py`; the tests
+Each reward has a plain-Python twin on decoded text in `benchmarks/torch_baseline/rewards.py`; the tests
 check that both agree on hundreds of random completions.
 
 Rules (the twins implement the same ones on text):
@@ -78,7 +78,7 @@ class TokenTables:
 
 
 @struct.dataclass
-class EntityLexicon:
+class EntityTokenPatterns:
     """Surface forms compiled to unique token-id patterns, with a hash index for lookup.
 
     U patterns of at most `max_len` ids, stored in the order of their hash keys (unique by
@@ -153,7 +153,7 @@ def _window_keys(ids_bt: jax.Array, max_len: int, seed: int) -> jax.Array:
 
 
 def compile_lexicon(tok, surfaces: Sequence[tuple[str, int]], num_entities: int,
-                    prefixes: Sequence[str] = DEFAULT_PREFIXES) -> EntityLexicon:
+                    prefixes: Sequence[str] = DEFAULT_PREFIXES) -> EntityTokenPatterns:
     """(surface, entity index) pairs → token patterns (see the module docstring for the rule)."""
     enc = lambda s: tuple(tok.encode(s, add_special_tokens=False))  # noqa: E731
     pat_ents: dict[tuple, set] = {}
@@ -192,7 +192,7 @@ def compile_lexicon(tok, surfaces: Sequence[tuple[str, int]], num_entities: int,
     order = np.argsort(keys, kind="stable")
     edges = np.array([pat_edges[p] for p in pats], np.int32).reshape(u, 2)
     meta = len_u | (edges[:, 0] << 8) | (edges[:, 1] << 9)  # one gather per query instead of three
-    return EntityLexicon(
+    return EntityTokenPatterns(
         pat_ul=jnp.asarray(pat_ul[order]), meta_u=jnp.asarray(meta[order]), ent_uk=jnp.asarray(ent_uk[order]),
         keys_u=jnp.asarray(keys[order]), num_entities=int(num_entities), max_len=int(lmax), seed=int(seed))
 
@@ -237,7 +237,7 @@ def format_reward(ids_bt: jax.Array, mask_bt: jax.Array, tables: TokenTables) ->
 
 
 def entities_found(ids_bt: jax.Array, mask_bt: jax.Array, tables: TokenTables,
-                   lex: EntityLexicon) -> jax.Array:
+                   lex: EntityTokenPatterns) -> jax.Array:
     """(B, E) bool: entities mentioned in the observe or think span (rule in the docstring)."""
     b, t = ids_bt.shape
     lmax, e = lex.max_len, lex.num_entities
@@ -350,7 +350,7 @@ def _compute_rewards(ids_bt, mask_bt, gt_be, sim_ee, tables, lex, ref_br, ref_ma
     return {"format": fmt, "entity": ent, "semantic": sem, "total": fmt + sem + alpha * ent}
 
 
-def compute_rewards(ids_bt, mask_bt, gt_be, sim_ee, tables: TokenTables, lex: EntityLexicon,
+def compute_rewards(ids_bt, mask_bt, gt_be, sim_ee, tables: TokenTables, lex: EntityTokenPatterns,
                     ref_br=None, ref_mask_br=None, semantic_b=None, *, alpha=0.5, beta=0.5,
                     semantic: str = "rouge", max_gt: Optional[int] = None) -> dict:
     """All rewards for a batch of completions → dict of (B,) float32:

@@ -16,7 +16,7 @@ from flax import nnx
 
 from pathreasoner_jax.data.encode import prompt_text
 from pathreasoner_jax.grpo.judge import rubric_prompt
-from pathreasoner_jax.grpo.rewards_text import answer_texts
+from pathreasoner_jax.text.decode import answer_texts
 from pathreasoner_jax.models.qwen2 import positions_from_valid
 
 

@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pathreasoner_jax.grpo.losses import policy_loss, token_entropy
 from pathreasoner_jax.sharding import use_mesh
+from pathreasoner_jax.train.params import init_opt_state, make_optimizer
 
 
 def assemble(prompt: dict, rollout: dict, group: int, image_id: int) -> dict:
@@ -119,7 +120,6 @@ class GRPOStep:
 
 def make_grpo_step(model, grpo_cfg, is_trainable: Callable, mesh: Mesh, use_lora_for_ref: bool):
     """Returns (GRPOStep, trainable, frozen, opt_state, ref_trainable)."""
-    from pathreasoner_jax.sft.step import init_opt_state, make_optimizer
     graphdef, trainable, frozen = nnx.split(model, is_trainable, ...)
     tx, _ = make_optimizer(grpo_cfg.lr, max(grpo_cfg.steps, 1), 0.0, grpo_cfg.weight_decay, grpo_cfg.grad_clip,
                            schedule="constant")

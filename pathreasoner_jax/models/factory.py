@@ -11,7 +11,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from pathreasoner_jax import hf_io
+from pathreasoner_jax.hf import weights as hf_weights
 from pathreasoner_jax.config import ModelConfig
 from pathreasoner_jax.models.vlm import PathVLM
 from pathreasoner_jax.sharding import make_mesh, state_shardings
@@ -21,7 +21,7 @@ def resolve_model_config(cfg: ModelConfig, vocab_size: int | None = None) -> Mod
     """Fills the LLM sizes from `llm.hf_path` when set; grows the vocabulary to the tokenizer."""
     llm = cfg.llm
     if llm.hf_path:
-        llm = hf_io.llm_config_from_hf(llm.hf_path)
+        llm = hf_weights.llm_config_from_hf(llm.hf_path)
     if vocab_size is not None and vocab_size > llm.vocab_size:
         if cfg.llm.hf_path:
             raise ValueError(f"{cfg.llm.hf_path}: tokenizer has {vocab_size} tokens but the model only "
@@ -42,7 +42,7 @@ def create_model(cfg: ModelConfig, image_token_id: int, mesh: Mesh | None = None
     hf_dir = cfg.llm.hf_path
     loaded = {}
     if hf_dir:
-        loaded = hf_io.load_llm_arrays(hf_dir, cfg.llm, abs_state["llm"], shardings["llm"])
+        loaded = hf_weights.load_llm_arrays(hf_dir, cfg.llm, abs_state["llm"], shardings["llm"])
     loaded_paths = {("llm",) + p for p in loaded}
 
     def keep(path, _):

@@ -1,4 +1,10 @@
-"""Entity-drop Δ per pseudo-bag cluster → the prior cache (SPEC §5; reference defect 7).
+"""The pseudo-bag prior (SPEC §5; reference defect 7): its formula, the entity-drop Δ per
+cluster that feeds it, and the cache file that the SFT loader reads back.
+
+The prior over a slide's k-means clusters, given Δ_c, is
+    p = μ·softmax(Δ/τ) + (1−μ)·uniform
+over the *eligible* clusters, those with size ≥ max(1, ⌊ε·N⌋) (N = number of patches);
+ineligible clusters get probability 0.
 
 For a training sample and cluster c, Δ_c = (loss on the target's KG-entity tokens with
 the patches of cluster c removed) − (that loss with the full slide), from forward passes
@@ -11,6 +17,7 @@ bytes) under a temporary name, then renamed.
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 
 import jax
@@ -20,10 +27,36 @@ from flax import nnx
 from tqdm import tqdm
 
 from pathreasoner_jax.data.encode import Example, ExampleEncoder, collate, evenly_spaced_patches
-from pathreasoner_jax.data.prior import pseudo_bag_prior
 from pathreasoner_jax.models.vlm import token_logprobs
 from pathreasoner_jax.records import trajectory_spans
-from pathreasoner_jax.slides.fileio import atomic_path
+from pathreasoner_jax.core.io import atomic_path
+
+
+def eligible_clusters(cluster_sizes, eps: float):
+    """(K,) bool: size ≥ max(1, ⌊ε·N⌋), N = Σ sizes."""
+    sizes = jnp.asarray(cluster_sizes)
+    n = jnp.sum(sizes, axis=-1, keepdims=True)
+    min_size = jnp.maximum(1, jnp.floor(eps * n))
+    return sizes >= min_size
+
+
+def pseudo_bag_prior(delta, cluster_sizes, mu: float = 0.7, tau: float = 1.0, eps: float = 0.02):
+    """delta: (K,) float Δ per cluster; cluster_sizes: (K,) patch counts → (K,) probabilities.
+
+    Works under jit and on (..., K) batches. When no cluster is eligible the result is
+    all zeros (nothing may be dropped).
+    """
+    delta = jnp.asarray(delta, jnp.float32)
+    ok = eligible_clusters(cluster_sizes, eps)
+    n_ok = jnp.sum(ok, axis=-1, keepdims=True)
+    logits = jnp.where(ok, delta / tau, -jnp.inf)
+    # max over eligible entries only; all-ineligible rows fall back to 0 to avoid nan
+    m = jnp.max(jnp.where(ok, logits, -jnp.inf), axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    e = jnp.where(ok, jnp.exp(logits - m), 0.0)
+    soft = e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), 1e-30)
+    uniform = jnp.where(ok, 1.0 / jnp.maximum(n_ok, 1), 0.0)
+    return mu * soft + (1.0 - mu) * uniform
 
 
 @nnx.jit
@@ -94,3 +127,17 @@ def compute_prior_cache(model, encoder, samples, slides, lexicon, sft_cfg, num_c
         with atomic_path(out_path) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
             np.savez(f, **arrays)
     return meta
+
+
+def load_priors(path: str) -> dict:
+    """The cache's priors, {slide_id: (K,) float64 summing to 1}."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: pseudo-bag prior cache missing (run `pathreasoner prior` first)")
+    out = {}
+    with np.load(path, allow_pickle=False) as z:
+        for k in z.files:
+            if k.startswith("prior::"):
+                p = np.asarray(z[k], np.float64)
+                if p.sum() > 0:  # renormalise: the cache is float32-rounded
+                    out[k.split("::", 1)[1]] = p / p.sum()
+    return out

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 
 ENCODERS = ("demo", "conch_v1")
 

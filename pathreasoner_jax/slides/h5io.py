@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from pathreasoner_jax.cli import UserError
-from pathreasoner_jax.slides.fileio import atomic_path
+from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.core.io import atomic_path
 
 
 @dataclass

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,6 @@
-"""One config dataclass tree, loaded from YAML with `key=value` overrides.
-
-YAML files mirror the tree (sections `model`, `data`, `mesh`, `sft`, `grpo`, `rewards`,
-`eval`, `run`); overrides use dotted keys: `model.llm.num_layers=4 sft.lr=1e-4`.
-A file may name a base with `base: other.yaml` (relative to itself); the file's keys
-override the base's. An unknown key or a value of the wrong type raises `ConfigError`
-naming the key and the file (or `<command line>`).
+"""The config dataclass tree: sections `model` (`llm`, `slide`, `lora`), `data`, `mesh`, `sft`,
+`grpo`, `rewards`, `eval`, `run`, `bench`, with their defaults. Loading lives in `loader.py`,
+the value rules in `checks.py`.
 """
 from __future__ import annotations
 
@@ -12,16 +8,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
-
-import yaml
-
-
-class ConfigError(ValueError):
-    """A config key or value that cannot be used; the message names key and source."""
+from typing import Optional
 
 
 @dataclass
@@ -261,108 +249,3 @@ class Config:
         if sections:
             d = {k: d[k] for k in sections}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Returns `value` converted to `tp` where lossless (int → float), else raises."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _check_value(value, args[0], key, source)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: key '{key}' expects a list, got {type(value).__name__} {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_check_value(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool):
-        if type(value) is not tp:
-            raise ConfigError(f"{source}: key '{key}' expects {tp.__name__}, got "
-                              f"{type(value).__name__} {value!r}")
-        return value
-    raise ConfigError(f"{source}: key '{key}' has unsupported type {tp}")
-
-
-def _merge_into(obj: Any, data: dict, source: str, prefix: str = "") -> None:
-    hints = typing.get_type_hints(type(obj))
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if k not in hints:
-            known = ", ".join(sorted(hints))
-            raise ConfigError(f"{source}: unknown key '{key}' (known here: {known})")
-        tp = hints[k]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(v, dict):
-                raise ConfigError(f"{source}: key '{key}' is a section and expects a mapping, got {v!r}")
-            _merge_into(getattr(obj, k), v, source, key + ".")
-        else:
-            setattr(obj, k, _check_value(v, tp, key, source))
-
-
-def _load_yaml(path: str) -> dict:
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    base = data.pop("base", None)
-    if base:
-        parent = _load_yaml(os.path.join(os.path.dirname(path), base))
-        data = _deep_update(parent, data)
-    return data
-
-
-def _deep_update(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _field_type(keys: list[str]) -> Any:
-    tp: Any = Config
-    for k in keys:
-        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
-        if k not in hints:
-            return None
-        tp = hints[k]
-    return tp
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`a.b=v` → (["a", "b"], v); v parsed as YAML unless the field is a string."""
-    if "=" not in item:
-        raise ConfigError(f"<command line>: override '{item}' is not key=value")
-    key, raw = item.split("=", 1)
-    keys = key.strip().split(".")
-    tp = _field_type(keys)
-    if tp is str:
-        return keys, raw
-    if tp is float:  # YAML 1.1 reads "1e-3" as a string
-        try:
-            return keys, float(raw)
-        except ValueError:
-            pass
-    try:
-        return keys, yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return keys, raw
-
-
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
-    cfg = Config()
-    if path:
-        _merge_into(cfg, _load_yaml(path), path)
-    for item in overrides or []:
-        keys, value = parse_override(item)
-        for k in reversed(keys):
-            value = {k: value}
-        _merge_into(cfg, value, "<command line>")
-    return cfg

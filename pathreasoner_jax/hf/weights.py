@@ -1,4 +1,4 @@
-"""Hugging Face I/O: local Qwen2 directories (config.json + safetensors, single or sharded
+"""Hugging Face weights: local Qwen2 directories (config.json + safetensors, single or sharded
 with an index) in and out.
 
 Import streams each tensor straight into its target sharding: `make_array_from_callback`
@@ -166,7 +166,8 @@ def load_llm_arrays(hf_dir: str, llm: LLMConfig, abstract_llm_state, shardings_l
     return out
 
 
-def _host(x: jax.Array) -> np.ndarray:
+def host_array(x: jax.Array) -> np.ndarray:
+    """The whole array on this host (gathered across processes when it is not addressable)."""
     if x.is_fully_addressable:
         return np.asarray(jax.device_get(x))
     from jax.experimental import multihost_utils
@@ -188,11 +189,11 @@ def export_llm(llm_module, llm_cfg: LLMConfig, out_dir: str, dtype: str = "float
     tensors = {}
     for name in llm_param_names(llm_cfg):
         path, transpose = hf_name_to_path(name)
-        arr = _host(_get(state, path).get_value())
+        arr = host_array(_get(state, path).get_value())
         if path[-1] == "kernel":
             lin = _get(llm_module, path[:-1])
             if getattr(lin, "lora_rank", 0) > 0:
-                a, b = _host(lin.lora_a.get_value()), _host(lin.lora_b.get_value())
+                a, b = host_array(lin.lora_a.get_value()), host_array(lin.lora_b.get_value())
                 arr = arr + lin.lora_scale * (a.astype(np.float32) @ b.astype(np.float32)).astype(arr.dtype)
         tensors[name] = (arr.T if transpose else arr).astype(np_dtype)
     if jax.process_index() != 0:
@@ -229,59 +230,3 @@ def export_llm(llm_module, llm_cfg: LLMConfig, out_dir: str, dtype: str = "float
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
-
-
-# ---------------------------------------------------------------- CLI
-
-def export_slide_modules(model, out_dir: str) -> None:
-    """LongNet + projector weights next to the LLM: slide_encoder.safetensors (our names)."""
-    from safetensors.flax import save_file
-    import jax.numpy as jnp
-
-    flat = {}
-    for name in ("slide_encoder", "projector"):
-        for path, var in nnx.to_flat_state(nnx.state(getattr(model, name))):
-            flat[".".join([name, *map(str, path)])] = jnp.asarray(_host(var.get_value()))
-    save_file(flat, os.path.join(out_dir, "slide_encoder.safetensors"), metadata={"format": "flax"})
-
-
-def run_import(args) -> int:
-    """HF directory → orbax checkpoint of the whole VLM (slide encoder/projector freshly initialised)."""
-    from pathreasoner_jax.checkpoint import Checkpointer
-    from pathreasoner_jax.config import load_config
-    from pathreasoner_jax.models.factory import create_model, resolve_model_config
-    from pathreasoner_jax.sharding import mesh_from_config, use_mesh
-    from pathreasoner_jax.tokenizer import load_tokenizer, special_ids
-
-    cfg = load_config(args.config, list(args.overrides) + [f"model.llm.hf_path={args.hf_dir}"])
-    tok = load_tokenizer(cfg.model.tokenizer_path or args.hf_dir)
-    mcfg = resolve_model_config(cfg.model, len(tok))
-    mesh = mesh_from_config(cfg.mesh)
-    with use_mesh(mesh):
-        model = create_model(mcfg, special_ids(tok).image, mesh, cfg.run.seed)
-    ck = Checkpointer(args.out, keep_last=1, async_save=False)
-    ck.save(0, model, meta={"step": 0, "source": os.path.abspath(args.hf_dir)})
-    ck.close()
-    print(f"hf-import: {args.hf_dir} → {args.out}")
-    return 0
-
-
-def run_export(args) -> int:
-    """Checkpoint → HF directory: the LLM with LoRA merged, plus slide_encoder.safetensors."""
-    from pathreasoner_jax.checkpoint import restore_params
-    from pathreasoner_jax.config import load_config
-    from pathreasoner_jax.runtime import setup, tokenizer_dir
-
-    cfg = load_config(args.config, args.overrides)
-    rt = setup(cfg)
-    ckpt = args.checkpoint
-    if not ckpt:
-        from pathreasoner_jax.grpo.trainer import final_checkpoint
-        ckpt = final_checkpoint(rt)
-    model = rt.build_model()
-    restore_params(ckpt, model)
-    export_llm(model.llm, rt.model_cfg.llm, args.out, tokenizer_dir=tokenizer_dir(cfg))
-    if jax.process_index() == 0:
-        export_slide_modules(model, args.out)
-    print(f"hf-export: {ckpt} → {args.out}")
-    return 0
