@@ -33,7 +33,7 @@ COMMANDS = {
     "infer": ("pathreasoner_jax.eval.cli:run_infer", "answer + evidence map for one slide"),
     "hf-import": ("pathreasoner_jax.hf.cli:run_import", "local HF directory → orbax checkpoint"),
     "hf-export": ("pathreasoner_jax.hf.cli:run_export", "checkpoint → HF directory (LoRA merged)"),
-    "bench": ("pathreasoner_jax.bench:run_bench", "benchmarks against PyTorch baselines"),
+    "bench": ("benchmarks.cli:run_bench", "benchmarks against PyTorch baselines"),
 }
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from pathreasoner_jax.bench_flops import lora_params
+from pathreasoner_jax.flops import head_dim, lora_params
 from pathreasoner_jax.core.errors import UserError
 
 GiB = 1 << 30
@@ -36,12 +36,8 @@ class MemoryFitError(UserError):
     """A preset does not fit the device memory; the message says by how much and what to change."""
 
 
-def _hd(llm) -> int:
-    return llm.head_dim or llm.hidden_size // llm.num_heads
-
-
 def llm_param_count(llm) -> int:
-    h, hd, nh, nkv, i = llm.hidden_size, _hd(llm), llm.num_heads, llm.num_kv_heads, llm.intermediate_size
+    h, hd, nh, nkv, i = llm.hidden_size, head_dim(llm), llm.num_heads, llm.num_kv_heads, llm.intermediate_size
     layer = (h * nh * hd + nh * hd) + 2 * (h * nkv * hd + nkv * hd) + nh * hd * h + 3 * h * i + 2 * h
     head = 0 if llm.tie_word_embeddings else h * llm.vocab_size
     return llm.vocab_size * h + llm.num_layers * layer + h + head
@@ -68,7 +64,7 @@ def _sharded_params(model_cfg, fsdp: int, tensor: int) -> dict:
     """Parameter counts per device: llm (base), lora, slide, projector."""
     llm, s = model_cfg.llm, model_cfg.slide
     h = llm.hidden_size
-    small = llm.num_layers * (2 * h + (llm.num_heads + 2 * llm.num_kv_heads) * _hd(llm)) + h  # norms, biases
+    small = llm.num_layers * (2 * h + (llm.num_heads + 2 * llm.num_kv_heads) * head_dim(llm)) + h  # norms, biases
     llm_dev = (llm_param_count(llm) - small) / (fsdp * tensor) + small
     lora = lora_params(llm, model_cfg.lora)
     lora_dev = lora / min(fsdp, tensor)  # A and B: one big dimension each, on fsdp or tensor
@@ -87,7 +83,7 @@ def _trainable(counts: dict, model_cfg, sft_cfg) -> float:
 
 
 def llm_activation_bytes(llm, rows: float, seq: int, c: int, tensor: int, remat: bool) -> float:
-    h, hd, i = llm.hidden_size, _hd(llm), llm.intermediate_size
+    h, hd, i = llm.hidden_size, head_dim(llm), llm.intermediate_size
     per_layer = c * rows * seq * (4 * h + (2 * llm.num_heads * hd + 2 * llm.num_kv_heads * hd + 3 * i) / tensor)
     per_layer += 4 * rows * llm.num_heads * seq * seq / tensor
     if remat:
@@ -108,7 +104,7 @@ def longnet_activation_bytes(slide, rows: float, patches: int) -> float:
 def kv_cache_bytes(llm, prompts: float, group: int, prompt_len: int, new_tokens: int, c: int, tensor: int) -> float:
     nkv = llm.num_kv_heads / tensor if llm.num_kv_heads % tensor == 0 else llm.num_kv_heads
     slots = prompts * prompt_len + prompts * group * new_tokens
-    return llm.num_layers * 2 * slots * nkv * _hd(llm) * c
+    return llm.num_layers * 2 * slots * nkv * head_dim(llm) * c
 
 
 def estimate(cfg, mesh_shape, device_bytes: int | None = None, *, seq_len: int | None = None,

@@ -8,8 +8,9 @@ import types
 import numpy as np
 import pytest
 
-from pathreasoner_jax import bench, bench_common
-from pathreasoner_jax.bench_model import random_batch
+from benchmarks import cli as bench
+from benchmarks import common as bench_common
+from benchmarks.model import random_batch
 from pathreasoner_jax.cli import UserError, build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,18 +43,18 @@ def test_device_slug():
 
 
 def test_bench_rewards_writes_result(tmp_path, monkeypatch):
-    """The rewards bench is routed to `grpo.bench_rewards` with the bench.* knobs it accepts,
+    """The rewards bench is routed to `benchmarks.rewards` with the bench.* knobs and the seed,
     and the record lands atomically in <out>/<device>-rewards-<config>.json."""
     seen = {}
 
-    def fake(batch_sizes=(64,), repeats=5, tok=None):
-        seen.update(batch_sizes=batch_sizes, repeats=repeats)
+    def fake(batch_sizes=(64,), repeats=5, tok=None, seed=0):
+        seen.update(batch_sizes=batch_sizes, repeats=repeats, seed=seed)
         return {"results": [{"batch": 8, "device_s": 0.001, "python_s": 0.01, "speedup": 10.0}]}
-    monkeypatch.setitem(sys.modules, "pathreasoner_jax.grpo.bench_rewards", types.SimpleNamespace(bench_rewards=fake))
-    args = build_parser().parse_args(["bench", "rewards", "bench.rewards_batch_sizes=[8]", "bench.repeats=2",
+    monkeypatch.setitem(sys.modules, "benchmarks.rewards", types.SimpleNamespace(bench_rewards=fake))
+    args = build_parser().parse_args(["bench", "rewards", "bench.rewards_batch_sizes=[8]", "bench.repeats=2", "run.seed=3",
                                       "--config", os.path.join(ROOT, "configs", "demo.yaml"), "--out", str(tmp_path)])
     assert bench.run_bench(args) == 0
-    assert seen == {"batch_sizes": (8,), "repeats": 2}
+    assert seen == {"batch_sizes": (8,), "repeats": 2, "seed": 3}
     files = os.listdir(tmp_path)
     slug = bench_common.device_slug(bench_common.device_info())  # "cpu-x8" under the tests' 8 CPU devices
     assert files == [f"{slug}-rewards-demo.json"]  # and no temporary file left behind
@@ -63,10 +64,16 @@ def test_bench_rewards_writes_result(tmp_path, monkeypatch):
     assert rec["config"]["bench"]["rewards_batch_sizes"] == [8]
 
 
-def test_missing_bench_module_is_a_user_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pathreasoner_jax.grpo.bench_rewards", None)
-    with pytest.raises(UserError, match="bench_rewards"):
-        bench._lazy("pathreasoner_jax.grpo.bench_rewards", "bench_rewards", "rewards")
+def test_missing_torch_baseline_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "benchmarks.torch_baseline.transfer", None)  # as if torch were absent
+    with pytest.raises(UserError, match="requirements-dev.txt"):
+        bench_common.import_torch_baseline()
+
+
+def test_every_bench_choice_is_routed():
+    choices = next(a for a in build_parser()._subparsers._group_actions[0].choices["bench"]._actions
+                   if a.dest == "which").choices
+    assert sorted(choices) == sorted(bench.BENCHES)
 
 
 @pytest.mark.slow  # compiles a train step and runs both frameworks (~1 min on 2 shared cores)

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from pathreasoner_jax import bench_flops as BF
+from pathreasoner_jax import flops as BF
 from pathreasoner_jax.config import SFTConfig
 from tiny_vlm import tiny_config
 

@@ -212,7 +212,7 @@ class RunConfig:
 
 @dataclass
 class BenchConfig:
-    """`pathreasoner bench` knobs; 0 means "from the rest of the config" (see pathreasoner_jax/bench.py)."""
+    """`pathreasoner bench` knobs; 0 means "from the rest of the config" (see benchmarks/cli.py)."""
     batch: int = 0  # sft: rows per step (0: sft.batch_size); rollout: prompts (0: grpo.prompts_per_step)
     seq_len: int = 0  # sft row / rollout prompt length incl. slide tokens (0: slide_tokens + 64 / + 32)
     slide_tokens: int = 0  # patches per slide = image tokens per row (0: data.sample_num)

@@ -1,20 +1,17 @@
 """`pathreasoner bench {sft,rollout,rewards,prep} --config CFG [--baseline torch] [--out DIR] [k=v ...]`
 
 Warm-up, then the median of `bench.repeats` timed calls of each side, all in one process
-(sides interleaved). Reports step time, tokens/s, MFU (FLOPs: `bench_flops`; peak: the
-device table in `flops`, None on CPU), peak memory (JAX allocator stats where the
-backend has them, torch.cuda.max_memory_allocated, and the process's max RSS — on CPU
-the only one, shared by both sides), the speed ratio ours/baseline, and writes
+(sides interleaved). Reports step time, tokens/s, MFU (FLOPs: `pathreasoner_jax.flops`;
+peak: its device table, None on CPU), peak memory (JAX allocator stats where the backend
+has them, torch.cuda.max_memory_allocated, and the process's max RSS — on CPU the only
+one, shared by both sides), the speed ratio ours/baseline, and writes
 `<out>/<device>-<bench>-<config>.json` (device, versions, config, every raw timing).
 
 Sizes come from the `bench` config section (`bench.batch`, `bench.seq_len`,
 `bench.slide_tokens`, `bench.group_size`, `bench.new_tokens`, `bench.warmup`,
 `bench.repeats`, `bench.rewards_batch_sizes`), e.g.
     pathreasoner bench sft --config configs/qwen2_5_1_5b.yaml --baseline torch bench.slide_tokens=4096 bench.batch=2
-`rewards` times the rewards engineer's `pathreasoner_jax.grpo.bench_rewards` (its
-baseline, the reference's Python loop, is always included); `prep` times
-`data_prep.bench.bench_prep` (no baseline) — routed here like the CLI routes
-`prepare`, by name at run time (the library never imports `data_prep` statically).
+`rewards` always includes its baseline (the reference's Python loop); `prep` has none.
 """
 from __future__ import annotations
 
@@ -24,38 +21,40 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import datetime  # noqa: E402
-import importlib  # noqa: E402
-import inspect  # noqa: E402
 
-from pathreasoner_jax.cli import UserError  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 from pathreasoner_jax.config import load_config  # noqa: E402
+from pathreasoner_jax.core.io import write_json  # noqa: E402
 
 
-def _call_with_known(fn, **kwargs):
-    """Calls `fn` with the keyword arguments its signature accepts."""
-    params = inspect.signature(fn).parameters
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
+def _bench_sft(cfg, baseline: str) -> dict:
+    from benchmarks.model import bench_sft
+    return bench_sft(cfg, baseline)
 
 
-def _lazy(module: str, name: str, what: str):
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ModuleNotFoundError, AttributeError) as e:
-        raise UserError(f"bench {what}: {module}.{name} is not available ({e})") from e
+def _bench_rollout(cfg, baseline: str) -> dict:
+    from benchmarks.model import bench_rollout
+    return bench_rollout(cfg, baseline)
 
 
 def _bench_rewards(cfg, baseline: str) -> dict:
-    fn = _lazy("pathreasoner_jax.grpo.bench_rewards", "bench_rewards", "rewards")
-    return _call_with_known(fn, batch_sizes=tuple(cfg.bench.rewards_batch_sizes), repeats=cfg.bench.repeats,
-                            seed=cfg.run.seed)
+    from benchmarks.rewards import bench_rewards
+    return bench_rewards(batch_sizes=tuple(cfg.bench.rewards_batch_sizes), repeats=cfg.bench.repeats,
+                         seed=cfg.run.seed)
 
 
 def _bench_prep(cfg, baseline: str) -> dict:
-    fn = _lazy("data_prep.bench", "bench_prep", "prep")
-    return _call_with_known(fn, cfg=cfg, repeats=cfg.bench.repeats)
+    from benchmarks.prep import bench_prep
+    if baseline:
+        print("bench prep: no baseline exists for data preparation; timing ours only")
+    return bench_prep(cfg, repeats=cfg.bench.repeats)
 
 
-def _summary(which: str, result: dict) -> str:
+# name → fn(cfg, baseline) → result dict; the names are the CLI's `bench` choices
+BENCHES = {"sft": _bench_sft, "rollout": _bench_rollout, "rewards": _bench_rewards, "prep": _bench_prep}
+
+
+def _summary(result: dict) -> str:
     res = result.get("results")
     if isinstance(res, list):  # rewards: one row per batch size
         return "\n".join(f"  batch {r.get('batch')}: device {r.get('device_s', 0) * 1e3:.1f} ms, python loop "
@@ -75,18 +74,8 @@ def _summary(which: str, result: dict) -> str:
 
 
 def run_bench(args) -> int:
-    from pathreasoner_jax import bench_common as C
-
     cfg = load_config(args.config, args.overrides)
-    if args.which in ("sft", "rollout"):
-        from pathreasoner_jax import bench_model
-        result = getattr(bench_model, f"bench_{args.which}")(cfg, args.baseline)
-    elif args.which == "rewards":
-        result = _bench_rewards(cfg, args.baseline)
-    else:
-        if args.baseline:
-            print("bench prep: no baseline exists for data preparation; timing ours only")
-        result = _bench_prep(cfg, args.baseline)
+    result = BENCHES[args.which](cfg, args.baseline)
     info = C.device_info()
     name = os.path.splitext(os.path.basename(args.config))[0]
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -94,9 +83,9 @@ def run_bench(args) -> int:
               "baseline": args.baseline or None, "created_utc": now, "device": info, "versions": C.versions(),
               **result, "config": cfg.to_dict()}
     path = os.path.join(args.out, f"{C.device_slug(info)}-{args.which}-{name}.json")
-    C.write_json_atomic(path, record)
+    write_json(path, record)
     print(f"bench {args.which} ({name}, {info['device_kind']}):")
-    text = _summary(args.which, result)
+    text = _summary(result)
     if text:
         print(text)
     print(f"wrote {path}")

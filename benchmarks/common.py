@@ -1,9 +1,8 @@
 """Shared pieces of `pathreasoner bench`: interleaved timing, peak memory, device and
-version records, the torch baseline import, atomic JSON output."""
+version records, the torch baseline import."""
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import platform
 import re
@@ -15,7 +14,7 @@ from typing import Callable
 
 import jax
 
-from pathreasoner_jax.cli import UserError
+from pathreasoner_jax.core.errors import UserError
 
 
 def time_sides(sides: dict[str, Callable[[int], object]], warmup: int, repeats: int, profile_dir: str = "",
@@ -97,21 +96,13 @@ def versions() -> dict:
 
 
 def import_torch_baseline():
-    """`benchmarks.torch_baseline` lives beside the package in the repository, not in it."""
-    try:
-        return importlib.import_module("benchmarks.torch_baseline.transfer")
-    except ModuleNotFoundError as e:
-        if e.name not in ("benchmarks", "benchmarks.torch_baseline", "benchmarks.torch_baseline.transfer"):
-            raise UserError(f"--baseline torch needs torch and transformers ({e}); "
-                               f"pip install -r requirements-dev.txt") from e
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(root, "benchmarks", "torch_baseline")) and root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        return importlib.import_module("benchmarks.torch_baseline.transfer")
-    except ModuleNotFoundError as e:
-        raise UserError(f"--baseline torch: cannot import benchmarks.torch_baseline ({e}); run from a "
-                           f"checkout of the repository") from e
+    """`benchmarks.torch_baseline.transfer`, or a UserError when torch/transformers are missing."""
+    try:  # import_module, not `from ... import`: it sees a module that failed or was blocked
+        transfer = importlib.import_module("benchmarks.torch_baseline.transfer")
+    except ImportError as e:
+        raise UserError(f"--baseline torch needs torch and transformers ({e}); "
+                        f"pip install -r requirements-dev.txt") from e
+    return transfer
 
 
 def torch_device() -> str:
@@ -139,11 +130,3 @@ def summarize(rec: dict, work: float, flops: float | None, peak_flops: float | N
     rec["devices"] = devices
     rec["mfu"] = flops / med / (peak_flops * devices) if (flops and med and peak_flops) else None
     return rec
-
-
-def write_json_atomic(path: str, obj: dict) -> None:
-    """Writes to a temporary file in the same folder and renames it over `path`."""
-    from pathreasoner_jax.slides.fileio import atomic_path
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")

@@ -1,5 +1,5 @@
 """`pathreasoner bench sft` and `bench rollout`: our jitted step vs the PyTorch baseline on
-identical weights, in one process, timed interleaved (see `bench_common.time_sides`).
+identical weights, in one process, timed interleaved (see `benchmarks.common.time_sides`).
 
 Inputs are random token ids of the model's vocabulary (no tokenizer needed): a row is
 [4 text tokens | P image slots | text], P = bench.slide_tokens; the image token is the
@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from pathreasoner_jax import bench_common as C
-from pathreasoner_jax import bench_flops, memory
+from benchmarks import common as C
+from pathreasoner_jax import flops as F, memory
 from pathreasoner_jax.models.factory import create_model, resolve_model_config
 from pathreasoner_jax.sharding import mesh_from_config, use_mesh
 
@@ -70,7 +70,7 @@ def _setup(cfg, which: str, baseline: str):
 
 
 def _finish(cfg, sh, model_cfg, mesh, est, timings, work, flops, unit, torch_dev) -> dict:
-    peak = bench_flops.device_peak_flops()
+    peak = F.device_peak_flops()
     for name, rec in timings.items():
         devices = 1 if name == "torch" else mesh.devices.size
         C.summarize(rec, work, flops, peak, devices, unit)
@@ -84,8 +84,8 @@ def _finish(cfg, sh, model_cfg, mesh, est, timings, work, flops, unit, torch_dev
     timings["ours"]["peak_memory_bytes"] = C.jax_peak_bytes()
     return {"shapes": sh, "mesh": dict(mesh.shape), "memory_estimate": est, "peak_flops_per_device": peak,
             "process_max_rss_bytes": C.process_max_rss_bytes(), "results": timings,
-            "model_params": {"llm_matmul": bench_flops.llm_matmul_params(model_cfg.llm),
-                             "lora": bench_flops.lora_params(model_cfg.llm, model_cfg.lora)}}
+            "model_params": {"llm_matmul": F.llm_matmul_params(model_cfg.llm),
+                             "lora": F.lora_params(model_cfg.llm, model_cfg.lora)}}
 
 
 def bench_sft(cfg, baseline: str = "") -> dict:
@@ -119,7 +119,7 @@ def bench_sft(cfg, baseline: str = "") -> dict:
             return float(loss)
         sides["torch"] = torch_side_fn
     timings = C.time_sides(sides, warmup, repeats, cfg.bench.profile_dir)
-    flops = bench_flops.sft_step_flops(model_cfg, cfg.sft, sh["batch"], sh["seq_len"], sh["patches"])
+    flops = F.sft_step_flops(model_cfg, cfg.sft, sh["batch"], sh["seq_len"], sh["patches"])
     out = _finish(cfg, sh, model_cfg, mesh, est, timings, sh["batch"] * sh["seq_len"], flops["convention"],
                   "tokens_per_s", torch_side[1] if torch_side else None)
     out["flops_per_step"] = flops
@@ -168,7 +168,7 @@ def bench_rollout(cfg, baseline: str = "") -> dict:
     for name, rec in timings.items():
         if rec["first_result"] != work:
             raise RuntimeError(f"bench rollout: {name} generated {rec['first_result']} tokens, expected {work}")
-    flops = bench_flops.rollout_flops(model_cfg, sh["batch"], g, sh["seq_len"], sh["patches"], n)
+    flops = F.rollout_flops(model_cfg, sh["batch"], g, sh["seq_len"], sh["patches"], n)
     out = _finish(cfg, sh, model_cfg, mesh, est, timings, work, flops, "tokens_per_s",
                   torch_side[1] if torch_side else None)
     if "torch" in timings and timings["ours_g_fold"]["median_s"]:

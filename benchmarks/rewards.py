@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.torch_baseline import rewards as RT
 from pathreasoner_jax.grpo import rewards as R
-from pathreasoner_jax.grpo import rewards_text as RT
 
 DEMO_ENTITIES = ["invasive ductal carcinoma", "ductal carcinoma in situ", "lobular carcinoma", "carcinoma",
                  "lymphovascular invasion", "necrosis", "nuclear pleomorphism", "mitotic figures",
@@ -75,7 +75,7 @@ def bench_rewards(batch_sizes: Sequence[int] = (64, 256, 1024), tok=None, seq_le
     e = len(DEMO_ENTITIES)
     tables = R.build_token_tables(tok, sid)
     lex = R.compile_lexicon(tok, surfaces, e)
-    matcher = RT.TextEntityMatcher(surfaces)
+    matcher = RT.entity_matcher(surfaces)
     nrng = np.random.default_rng(seed)
     sim = nrng.uniform(0, 1, (e, e)).astype(np.float32)
     sim = np.maximum(sim, sim.T)
