@@ -25,6 +25,8 @@ def extract_folder(slides: str, out: str, encoder: str = "demo", weights: str = 
     n = max(1, num_workers)
     if not 0 <= worker_index < n:
         raise UserError(f"--worker-index {worker_index} must be in [0, {n})")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"{out}: --out exists and is not a folder")
     paths = list_files(slides, SLIDE_EXTENSIONS)
     if not paths:
         raise UserError(f"{slides}: no slide files ({', '.join(SLIDE_EXTENSIONS)})")

@@ -70,6 +70,10 @@ def load_primekg_csv(path: str, max_rows: int = 0) -> KnowledgeGraph:
             for i, row in enumerate(reader):
                 if max_rows and i >= max_rows:
                     break
+                if None in row or None in row.values():  # DictReader's marks of a long or short row
+                    n = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+                    raise UserError(f"{path}: line {reader.line_num} has {n} fields where the header has "
+                                    f"{len(reader.fieldnames)}")
                 ends = []
                 for s in ("x", "y"):
                     node = f"primekg:{row[s + '_index']}"

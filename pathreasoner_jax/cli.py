@@ -17,6 +17,19 @@ import sys
 from pathreasoner_jax.core.errors import ConfigError, UserError  # noqa: F401 (UserError: re-export)
 
 
+def _number(kind, low: float, inclusive: bool = True):
+    """An argparse type: `kind` (int/float) at least `low` (or above it); a bad value is a usage error."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if v < low or (v == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low:g}, got {text}")
+        return v
+    return parse
+
+
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", required=required, help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.lr=1e-4")
@@ -47,14 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True, help="output folder (h5 per slide + manifest.json)")
             p.add_argument("--encoder", default="demo", help="demo | conch_v1")
             p.add_argument("--encoder-weights", default="", help="local weights for conch_v1")
-            p.add_argument("--magnification", type=float, default=20.0)
-            p.add_argument("--patch-size", type=int, default=256)
-            p.add_argument("--num-workers", type=int, default=1)
-            p.add_argument("--worker-index", type=int, default=0)
+            p.add_argument("--magnification", type=_number(float, 0, inclusive=False), default=20.0,
+                           help="target magnification (> 0)")
+            p.add_argument("--patch-size", type=_number(int, 16), default=256, help="patch side in pixels (>= 16)")
+            p.add_argument("--num-workers", type=_number(int, 1), default=1)
+            p.add_argument("--worker-index", type=_number(int, 0), default=0)
         elif name == "prepare":
             _config_args(p)
-            p.add_argument("--num-workers", type=int, default=1, help="split the work into N disjoint parts")
-            p.add_argument("--worker-index", type=int, default=-1, help="this part (-1: all, then merge)")
+            p.add_argument("--num-workers", type=_number(int, 1), default=1, help="split the work into N disjoint parts")
+            p.add_argument("--worker-index", type=_number(int, -1), default=-1, help="this part (-1: all, then merge)")
             p.add_argument("--merge", action="store_true", help="only merge the parts' manifests")
             p.add_argument("--force", action="store_true")
         elif name == "infer":

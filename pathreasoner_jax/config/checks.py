@@ -101,7 +101,7 @@ RULES: dict = {
     "data.reasoning_writer": one_of(*REASONING_WRITERS),
     "data.target_magnification": positive,
     "data.default_magnification": positive,
-    "data.patch_size": count,
+    "data.patch_size": at_least(16, why="smaller patches hold no tissue structure for the encoder"),
     "data.num_clusters": count,
     "data.augment_per_sample": at_least(0, why="variants in addition to each sample"),
     "data.sample_num": count,

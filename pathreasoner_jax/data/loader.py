@@ -14,6 +14,7 @@ import grain
 import jax
 import numpy as np
 
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.data.encode import ExampleEncoder, collate
 from pathreasoner_jax.records import SampleRecord, SlideRecord
 
@@ -25,7 +26,9 @@ class SFTLoader:
                  batch_size: int, epochs: int, seed: int, length_buckets: list[int], pad_id: int,
                  process_index: int | None = None, process_count: int | None = None):
         if len(samples) < batch_size:
-            raise ValueError(f"{len(samples)} training samples are fewer than one batch of {batch_size}")
+            where = f"{samples.prep_dir} (split {samples.split!r})" if hasattr(samples, "prep_dir") else "the data"
+            raise UserError(f"{where}: {len(samples)} training samples are fewer than one batch of {batch_size} "
+                            f"(sft.batch_size); prepare more data or lower sft.batch_size")
         self.ds = grain.MapDataset.source(samples).repeat(epochs).shuffle(seed=seed)
         self.slides, self.encoder = slides, encoder
         self.batch_size, self.seed = batch_size, seed

@@ -45,6 +45,10 @@ class TilingPlan:
     level0_size: tuple[int, int]
 
 
+# A slide scanned below a quarter of the target magnification is refused, not upsampled.
+MIN_DOWNSAMPLE = 0.25
+
+
 def read_thumbnail(slide, downsample: float) -> np.ndarray:
     """(H/ds, W/ds, 3) uint8 RGB view of the whole slide, background made white."""
     w0, h0 = slide.dimensions
@@ -81,6 +85,10 @@ def plan_tiles(slide, path: str, target_magnification: float = 20.0, patch_size:
     has enough tissue or a read fails."""
     base, source = slide_magnification(slide, path, default_magnification)
     ds = base / target_magnification
+    if ds < MIN_DOWNSAMPLE:
+        raise SlideError(f"{path}: scanned at {base:g}× ({source}), far below the target {target_magnification:g}×; "
+                         f"upsampling {1 / ds:.0f}× would invent detail (the limit is "
+                         f"{1 / MIN_DOWNSAMPLE:g}×; lower data.target_magnification / --magnification)")
     if ds < 1.0:
         log.warning("%s: scanned at %g×, below the target %g×; patches are upsampled",
                     path, base, target_magnification)
