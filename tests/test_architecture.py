@@ -160,3 +160,26 @@ def test_one_aho_corasick_matcher():
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for i in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])))
     assert users == [os.path.join("pathreasoner_jax", "text", "matcher.py")]
+
+
+def test_every_imported_name_exists():
+    """`from ours import name` anywhere (also inside functions, which run late) names a
+    submodule or an attribute that the module really has."""
+    import importlib
+    missing = []
+    for m, rel in MODULES.items():
+        for node in ast.walk(ast.parse(open(os.path.join(ROOT, rel)).read())):
+            if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                continue
+            if node.module.split(".")[0] not in PACKAGES or node.module not in MODULES:
+                continue
+            for a in node.names:
+                if f"{node.module}.{a.name}" in MODULES:
+                    continue
+                try:
+                    ok = hasattr(importlib.import_module(node.module), a.name)
+                except ImportError:  # an optional dependency of that module (torch) is absent
+                    continue
+                if not ok:
+                    missing.append(f"{rel}: {node.module}.{a.name}")
+    assert missing == []

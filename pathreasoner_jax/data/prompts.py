@@ -1,31 +1,43 @@
 """Fixed-shape prompt batches (GRPO rollouts, evaluation) with each prompt's reward context.
 
 Every batch of a run has the same shape — prompt length bucket × `sample_num` patch
-slots, prompts left-padded so the last prompt token sits at the end — so generation and
-the GRPO update compile once.
+slots, prompts left-padded so the last prompt token sits at the end, references padded
+to the longest reference — so generation and the GRPO update compile once. Both lengths
+are read off every sample at start-up (distinct questions only; the answers in one
+batched tokenizer call), so no prompt is cut (it would lose image slots) and no
+reference is cut (a cut reference caps ROUGE-L below 1).
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.data.encode import ExampleEncoder, bucket, evenly_spaced_patches
 
-REF_LEN = 32
+REF_MULTIPLE = 16  # reference length rounded up to a multiple of this
 
 
 class PromptBuilder:
     """Samples → fixed-shape prompt batches with the reward context of each prompt."""
 
-    def __init__(self, rt, samples, slides, entities, extra_questions=()):
-        """rt: a `runtime.Runtime`; samples: random-access SampleRecords; entities: `store.Entities`."""
+    def __init__(self, rt, samples, slides, entities, extra_rows=()):
+        """rt: a `runtime.Runtime`; samples: random-access SampleRecords; entities: `store.Entities`;
+        extra_rows: other SampleRecords that will be batched with `batch_rows` (eval suites)."""
         self.rt, self.samples, self.slides = rt, samples, slides
         self.enc = ExampleEncoder(rt.tokenizer, rt.ids.image, rt.cfg.data.sample_num)
         self.index = entities.index  # lower-case name or synonym → entity
         self.num_entities = max(len(entities.names), 1)
-        questions = [samples[i].question for i in range(min(len(samples), 64))] + list(extra_questions)
+        rows = [samples[i] for i in range(len(samples))] + list(extra_rows)
+        questions = {s.question for s in rows}
         longest_q = max(len(self.enc.prompt_ids(q, 0)) for q in questions)
         self.prompt_len = bucket(rt.cfg.data.sample_num + longest_q, rt.cfg.data.length_buckets)
+        if self.prompt_len < rt.cfg.data.sample_num + longest_q:
+            raise UserError(f"a prompt of {longest_q} text tokens + {rt.cfg.data.sample_num} slide tokens exceeds the "
+                            f"largest data.length_buckets entry {self.prompt_len}; add a larger bucket")
+        answers = rt.tokenizer([s.answer for s in rows], add_special_tokens=False)["input_ids"] if rows else []
+        longest_a = max([len(a) for a in answers] + [1])
+        self.ref_len = -(-longest_a // REF_MULTIPLE) * REF_MULTIPLE
         self.order = np.random.default_rng(rt.cfg.run.seed).permutation(len(samples))
         self.extra: list = []  # rows given directly (eval), addressed by negative keys
 
@@ -53,12 +65,16 @@ class PromptBuilder:
         out = {"ids": np.full((n, tp), ids.pad, np.int32), "text_valid": np.zeros((n, tp), bool),
                "features": np.zeros((n, p, f), np.float32), "patch_valid": np.zeros((n, p), bool),
                "gt_entities": np.zeros((n, self.num_entities), np.float32),
-               "ref_ids": np.full((n, REF_LEN), ids.pad, np.int32), "ref_mask": np.zeros((n, REF_LEN), bool),
+               "ref_ids": np.full((n, self.ref_len), ids.pad, np.int32),
+               "ref_mask": np.zeros((n, self.ref_len), bool),
                "row_key": np.asarray(positions, np.int64)}
         for r, (s, sid) in enumerate(zip(rows, slide_ids)):
             slide = self.slides[sid]
             idx = evenly_spaced_patches(slide.coords, np.arange(slide.num_patches), p)
-            prompt = self.enc.prompt_ids(s.question, len(idx))[-tp:]
+            prompt = self.enc.prompt_ids(s.question, len(idx))
+            if len(prompt) > tp:  # a question not seen at start-up: cutting would drop image slots
+                raise UserError(f"question of sample {s.sample_id!r} makes a {len(prompt)}-token prompt, longer than "
+                                f"this run's prompt length {tp}")
             out["ids"][r, tp - len(prompt):] = prompt  # left padding: the last prompt token at tp-1
             out["text_valid"][r, tp - len(prompt):] = True
             out["features"][r, :len(idx)] = slide.features[idx]
@@ -66,6 +82,9 @@ class PromptBuilder:
             for e in s.entities:
                 if e.lower() in self.index:
                     out["gt_entities"][r, self.index[e.lower()]] = 1.0
-            ref = self.rt.tokenizer(s.answer, add_special_tokens=False)["input_ids"][:REF_LEN]
+            ref = self.rt.tokenizer(s.answer, add_special_tokens=False)["input_ids"]
+            if len(ref) > self.ref_len:
+                raise UserError(f"reference answer of sample {s.sample_id!r} has {len(ref)} tokens, more than this "
+                                f"run's reference length {self.ref_len}")
             out["ref_ids"][r, :len(ref)], out["ref_mask"][r, :len(ref)] = ref, True
         return {k: jnp.asarray(v) for k, v in out.items()}

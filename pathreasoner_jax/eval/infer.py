@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pathreasoner_jax.checkpoint import restore_params
 from pathreasoner_jax.core.errors import UserError
-from pathreasoner_jax.data.encode import evenly_spaced_patches
 from pathreasoner_jax.core.io import write_json
+from pathreasoner_jax.data.encode import evenly_spaced_patches
 from pathreasoner_jax.eval.entities import EntityLexicon
 from pathreasoner_jax.eval.evidence import cluster_drops, evidence_png_bytes, occlusion_scores
 from pathreasoner_jax.eval.report import entity_slug, write_report
+from pathreasoner_jax.eval.runner import final_model
 from pathreasoner_jax.generate import SamplingParams, sample
 from pathreasoner_jax.models.vlm import token_logprobs
 from pathreasoner_jax.slides.cluster import kmeans
@@ -64,23 +64,11 @@ def load_slide_input(rt, path: str):
     return ff.features, ff.coords, np.asarray(clusters), thumb, ds, ps0
 
 
-def _final_checkpoint(rt) -> str:
-    ckpt = rt.layout.final_checkpoint()
-    if not os.path.isdir(ckpt):
-        raise UserError(f"{ckpt}: checkpoint directory does not exist (train the model first)")
-    return ckpt
-
-
 def infer(rt, slide_path: str, question: str, out_dir: str) -> dict:
     feats, coords, clusters, thumb, ds, ps0 = load_slide_input(rt, slide_path)
     idx = evenly_spaced_patches(coords, np.arange(len(feats)), rt.cfg.data.sample_num)
     feats, coords, clusters = feats[idx], coords[idx], clusters[idx]
-    model = rt.build_model()
-    ckpt = _final_checkpoint(rt)
-    try:
-        restore_params(ckpt, model)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    model, ckpt = final_model(rt)
     if "<image>" not in question:
         question = question.strip() + "\n<image>"
     from pathreasoner_jax.data.encode import ExampleEncoder

@@ -10,6 +10,7 @@ keys of metrics.json are the final model's (SPEC §9); `models` holds every mode
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 import numpy as np
@@ -75,6 +76,19 @@ def evaluate_model(rt, model, builder, rows, slide_ids, lexicon, reward_fn, desc
                               sampled_reward_fn, f"{desc} (sampled)", params)
         metrics["reward_mean_sampled"] = float(np.mean(sampled))
     return metrics, texts
+
+
+def final_model(rt: Runtime):
+    """→ (the last trained model, its checkpoint): GRPO's, else the last SFT stage's."""
+    path = rt.layout.final_checkpoint()
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: checkpoint directory does not exist (train the model first: `pathreasoner sft`)")
+    model = rt.build_model()
+    try:
+        restore_params(path, model)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return model, path
 
 
 def run_evaluation(rt: Runtime, limit: int | None = None) -> dict:

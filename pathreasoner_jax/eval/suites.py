@@ -25,7 +25,7 @@ def _as_samples(items, prompt_fn, slides) -> tuple[list, list]:
 def run_suites(rt) -> dict:
     from pathreasoner_jax.data.prompts import PromptBuilder
     from pathreasoner_jax.data.store import SampleSource, SlideStore, load_entities
-    from pathreasoner_jax.eval.runner import _final_model, generate
+    from pathreasoner_jax.eval.runner import final_model, generate
     from pathreasoner_jax.eval.slidebench import build_mc_prompt, load_slidebench_csv, score_slidebench
     from pathreasoner_jax.eval.wsivqa import load_wsivqa_json, score_wsivqa, wsivqa_prompt
 
@@ -42,8 +42,8 @@ def run_suites(rt) -> dict:
     prepared = [(name, *_as_samples(items, prompt_fn, slides), items, score_fn)
                 for name, items, prompt_fn, score_fn in suites]
     builder = PromptBuilder(rt, SampleSource(rt.layout.prep_dir, "train"), slides, load_entities(rt.layout.prep_dir),
-                            extra_questions=[r.question for _, rows, *_ in prepared for r in rows])
-    model = _final_model(rt)
+                            extra_rows=[r for _, rows, *_ in prepared for r in rows])
+    model, _ = final_model(rt)
     out = {}
     for name, rows, kept, items, score_fn in prepared:
         texts, _ = generate(rt, model, builder, rows, [r.slide_id for r in rows], cfg.max_new_tokens,

@@ -59,6 +59,7 @@ class PathVLM(nnx.Module):
         if features_bpf is None:
             return x, text_valid_bt
         is_image = (ids_bt == self.image_token_id) if image_slots_bt is None else image_slots_bt
+        is_image = is_image & text_valid_bt  # padding never takes a patch, whatever id it holds
         slide = self.slide_tokens(features_bpf, patch_valid_bp, ctx).astype(x.dtype)
         rank = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, slide.shape[1] - 1)
         picked = jnp.take_along_axis(slide, rank[..., None], axis=1)
