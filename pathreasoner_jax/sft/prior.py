@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.data.encode import Example, ExampleEncoder, collate, evenly_spaced_patches
 from pathreasoner_jax.models.vlm import token_logprobs
 from pathreasoner_jax.records import trajectory_spans
@@ -129,15 +130,31 @@ def compute_prior_cache(model, encoder, samples, slides, lexicon, sft_cfg, num_c
     return meta
 
 
-def load_priors(path: str) -> dict:
-    """The cache's priors, {slide_id: (K,) float64 summing to 1}."""
+def load_priors(path: str, slides=None, num_clusters: int | None = None) -> dict:
+    """The cache's priors, {slide_id: (K,) float64 summing to 1}.
+
+    A cache belongs to one clustering: with `num_clusters` its K must match, and with
+    `slides` (slide id → SlideRecord) each cached `cluster_ids::<id>` must equal the
+    slide's, else the priors would be applied to other clusters — a UserError says so."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: pseudo-bag prior cache missing (run `pathreasoner prior` first)")
+    redo = "recompute it with `pathreasoner prior --force`"
     out = {}
     with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(bytes(z["__meta__"]).decode()) if "__meta__" in z.files else {}
+        if num_clusters is not None and meta.get("num_clusters", num_clusters) != num_clusters:
+            raise UserError(f"{path}: cache was computed for {meta['num_clusters']} clusters, the config has "
+                            f"data.num_clusters={num_clusters}; {redo}")
         for k in z.files:
-            if k.startswith("prior::"):
-                p = np.asarray(z[k], np.float64)
-                if p.sum() > 0:  # renormalise: the cache is float32-rounded
-                    out[k.split("::", 1)[1]] = p / p.sum()
+            if not k.startswith("prior::"):
+                continue
+            sid = k.split("::", 1)[1]
+            if slides is not None and f"cluster_ids::{sid}" in z.files:
+                cached = z[f"cluster_ids::{sid}"]
+                if sid not in slides or not np.array_equal(cached, slides[sid].cluster_ids):
+                    raise UserError(f"{path}: the cached clusters of slide {sid!r} differ from the prepared "
+                                    f"slide's; {redo}")
+            p = np.asarray(z[k], np.float64)
+            if p.sum() > 0:  # renormalise: the cache is float32-rounded
+                out[sid] = p / p.sum()
     return out
