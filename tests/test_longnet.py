@@ -28,7 +28,7 @@ def loop_dilated_attention(q, k, v, valid, segments, dilations):
     b, n, h, d = q.shape
     outs, lses = [], []
     for w, r in zip(segments, dilations):
-        seg = math.ceil(min(w, n) / r) * r
+        seg = min(w, n)  # SPEC: the effective segment, not rounded to the dilation
         n_pad = math.ceil(n / seg) * seg
         group = math.ceil(h / r)
         out = np.zeros((b, n, h, d))
@@ -78,6 +78,8 @@ def test_single_branch_short_sequence_is_plain_attention():
     ([4, 8], [1, 2], 4),
     ([4, 8, 16], [1, 2, 4], 4),
     ([3, 8, 16], [1, 4, 8], 4),  # dilation > heads: offsets ≥ H are covered by no head
+    ([6], [4], 4),  # segment not a multiple of r, N > segment
+    ([2, 6, 16], [1, 4, 4], 4),
 ])
 def test_multi_branch_matches_loop_reference(segments, dilations, heads):
     rng = np.random.default_rng(1)

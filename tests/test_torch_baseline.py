@@ -59,10 +59,14 @@ def pair(request):
     return cfg, mesh, model, torch_vlm_from_ours(model, cfg)
 
 
-@pytest.mark.parametrize("feature_dim", [16, 32], ids=["in_proj", "no_in_proj"])
-def test_longnet_matches_ours_with_padding(feature_dim):
+@pytest.mark.parametrize("feature_dim,segments,dilations", [
+    (16, [8, 16, 32], [1, 2, 8]),  # r = 8 > H = 4
+    (32, [8, 16, 32], [1, 2, 8]),
+    (16, [6, 12], [1, 4]),  # segments that the dilation does not divide
+], ids=["in_proj", "no_in_proj", "ragged_segments"])
+def test_longnet_matches_ours_with_padding(feature_dim, segments, dilations):
     cfg = dataclasses.replace(SlideEncoderConfig(), feature_dim=feature_dim, width=32, ffn_dim=48, num_heads=4,
-                              segment_lengths=[8, 16, 32], dilations=[1, 2, 8])  # r = 8 > H = 4
+                              segment_lengths=segments, dilations=dilations)
     ours = LongNet(cfg, nnx.Rngs(0))
     _perturb(ours, seed=3)
     theirs = TorchLongNet(cfg).eval()

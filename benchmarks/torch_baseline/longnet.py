@@ -1,8 +1,8 @@
 """LongNet slide encoder and projector in PyTorch, from SPEC §3, with the conventions of
 `pathreasoner_jax/models/longnet.py` (so weights transfer by name and outputs agree):
 
-- branch (w, r): segment = min(w, N) rounded up to a multiple of r; pad N to whole
-  segments; heads form groups of ceil(H / r); group j keeps positions j, j+r, ... of
+- branch (w, r): segment = min(w, N); pad N to whole segments and each segment to a
+  multiple of r with masked positions; heads form groups of ceil(H / r); group j keeps positions j, j+r, ... of
   each segment (with r > H the offsets ≥ H are kept by no head);
 - softmax attention inside the kept positions, padded keys masked, q scaled by Dh^-0.5;
 - merge per position and head with softmax over branches of the detached log-sum-exp;
@@ -38,13 +38,17 @@ def dilated_branch(q, k, v, valid, segment: int, dilation: int):
     """q/k/v (B,N,H,Dh), valid (B,N) → out (B,N,H,Dh) fp32, lse (B,N,H) with -inf where uncovered."""
     b, n, h, dh = q.shape
     r = dilation
-    seg = math.ceil(min(segment, n) / r) * r
-    n_pad = math.ceil(n / seg) * seg
-    q, k, v = (F.pad(t, (0, 0, 0, 0, 0, n_pad - n)) for t in (q, k, v))
-    valid = F.pad(valid, (0, n_pad - n), value=False)
-    shape6 = (b, n_pad // seg, seg // r, r, h, dh)  # position in segment = i * r + j
-    q, k, v = (t.reshape(shape6) for t in (q, k, v))
-    valid = valid.reshape(shape6[:4])
+    seg = min(segment, n)
+    n_seg = math.ceil(n / seg)
+    seg_r = math.ceil(seg / r) * r
+
+    def to_segments(t, fill):  # (B,N,...) → (B, n_seg, seg_r, ...), padding filled
+        t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, n_seg * seg - n), value=fill)
+        t = t.reshape((b, n_seg, seg) + tuple(t.shape[2:]))
+        return F.pad(t, (0, 0) * (t.dim() - 3) + (0, seg_r - seg), value=fill)
+    shape6 = (b, n_seg, seg_r // r, r, h, dh)  # position in segment = i * r + j
+    q, k, v = (to_segments(t, 0).reshape(shape6) for t in (q, k, v))
+    valid = to_segments(valid, False).reshape(shape6[:4])
     group = math.ceil(h / r)
     out = q.new_zeros(shape6, dtype=torch.float32)
     lse = q.new_full(shape6[:5], -math.inf, dtype=torch.float32)
@@ -53,7 +57,9 @@ def dilated_branch(q, k, v, valid, segment: int, dilation: int):
         o_j, l_j = _attend(q[:, :, :, j, hs], k[:, :, :, j, hs], v[:, :, :, j, hs], valid[:, :, :, j])
         out[:, :, :, j, hs] = o_j
         lse[:, :, :, j, hs] = l_j
-    return out.reshape(b, n_pad, h, dh)[:, :n], lse.reshape(b, n_pad, h)[:, :n]
+    out = out.reshape(b, n_seg, seg_r, h, dh)[:, :, :seg].reshape(b, n_seg * seg, h, dh)
+    lse = lse.reshape(b, n_seg, seg_r, h)[:, :, :seg].reshape(b, n_seg * seg, h)
+    return out[:, :n], lse[:, :n]
 
 
 def merge_branches(outs, lses):

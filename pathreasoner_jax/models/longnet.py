@@ -1,7 +1,8 @@
 """LongNet slide encoder with dilated attention, exactly as SPEC §3.
 
-Per branch (segment w, dilation r): the effective segment is min(w, N), rounded up to a
-multiple of r; the sequence is padded to whole segments. Heads are split into groups of
+Per branch (segment w, dilation r): the effective segment is min(w, N); the sequence is
+padded to whole segments, and each segment inside to a multiple of r with masked
+positions (so a segment that r does not divide keeps exactly its own positions). Heads are split into groups of
 ceil(H / r) heads; group j keeps positions j, j+r, j+2r, ... of every segment (as
 torchscale's `dense_to_sparse`, which pads the heads to a multiple of r and drops the
 padding, so with r > H the offsets ≥ H are kept by no head). Within the kept positions
@@ -39,14 +40,17 @@ def dilated_branch(q_bnhd, k_bnhd, v_bnhd, valid_bn, segment: int, dilation: int
     """One (segment, dilation) branch. Returns out (B,N,H,Dh) fp32 and lse (B,N,H), -inf where uncovered."""
     b, n, h, dh = q_bnhd.shape
     r = dilation
-    seg = math.ceil(min(segment, n) / r) * r
-    n_pad = math.ceil(n / seg) * seg
-    pad = [(0, 0), (0, n_pad - n), (0, 0), (0, 0)]
-    q, k, v = (jnp.pad(t, pad) for t in (q_bnhd, k_bnhd, v_bnhd))
-    valid = jnp.pad(valid_bn, [(0, 0), (0, n_pad - n)])
-    shape6 = (b, n_pad // seg, seg // r, r, h, dh)  # position in segment = i * r + j
-    q, k, v = (t.reshape(shape6) for t in (q, k, v))
-    valid = valid.reshape(shape6[:4])
+    seg = min(segment, n)
+    n_seg = math.ceil(n / seg)
+    seg_r = math.ceil(seg / r) * r  # the segment padded inside to whole dilation steps
+
+    def to_segments(t, fill):
+        t = jnp.pad(t, [(0, 0), (0, n_seg * seg - n)] + [(0, 0)] * (t.ndim - 2), constant_values=fill)
+        t = t.reshape((b, n_seg, seg) + t.shape[2:])
+        return jnp.pad(t, [(0, 0), (0, 0), (0, seg_r - seg)] + [(0, 0)] * (t.ndim - 3), constant_values=fill)
+    shape6 = (b, n_seg, seg_r // r, r, h, dh)  # position in segment = i * r + j
+    q, k, v = (to_segments(t, 0).reshape(shape6) for t in (q_bnhd, k_bnhd, v_bnhd))
+    valid = to_segments(valid_bn, False).reshape(shape6[:4])
     group = math.ceil(h / r)
     out = jnp.zeros(shape6, jnp.float32)
     lse = jnp.full(shape6[:5], -jnp.inf, jnp.float32)
@@ -55,7 +59,9 @@ def dilated_branch(q_bnhd, k_bnhd, v_bnhd, valid_bn, segment: int, dilation: int
         o_j, l_j = _attend(q[:, :, :, j, hs], k[:, :, :, j, hs], v[:, :, :, j, hs], valid[:, :, :, j])
         out = out.at[:, :, :, j, hs].set(o_j)
         lse = lse.at[:, :, :, j, hs].set(l_j)
-    return out.reshape(b, n_pad, h, dh)[:, :n], lse.reshape(b, n_pad, h)[:, :n]
+    out = out.reshape(b, n_seg, seg_r, h, dh)[:, :, :seg].reshape(b, n_seg * seg, h, dh)
+    lse = lse.reshape(b, n_seg, seg_r, h)[:, :, :seg].reshape(b, n_seg * seg, h)
+    return out[:, :n], lse[:, :n]
 
 
 def merge_branches(outs, lses):
