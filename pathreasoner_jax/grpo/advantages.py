@@ -89,6 +89,15 @@ def fold_kl_into_rewards(rewards_b: jax.Array, logp_bt: jax.Array, ref_logp_bt: 
     normalises that per group (`group_advantages`) and gives every token of the sequence
     the same advantage (no discounting, no value function). Call this before
     `group_advantages`; the loss then adds no KL term.
+
+    Consequence, kept on purpose because it is the reference's method: the KL penalty is
+    divided by the group's reward std like the task reward, so its effective strength
+    grows as a group's rewards agree (small std) and shrinks where they differ. verl's
+    GRPO with `use_kl_in_reward` does the same (its outcome advantage sums the token-level
+    rewards, KL included, before group normalisation); TRL's GRPOTrainer instead adds
+    β·KL to the loss per token, unnormalised — that is `grpo.kl_mode=loss` here (k3
+    estimator, `grpo.kl_beta`), the form to choose when the penalty should not depend on
+    the reward spread.
     """
     m = mask_bt.astype(jnp.float32)
     kl = jax.lax.stop_gradient(logp_bt - ref_logp_bt)
