@@ -79,8 +79,10 @@ def test_masked_steps_lose_weight_answer_never(tok_ids, mode):
         assert matches, (seed, got)
         assert f"<answer>{ANSWER}</answer>" in got
         seen.add(len(matches[0]))
-        full_prompt = ex.ids[: ex.prompt_len]
-    assert full_prompt is not None
+        if full_prompt is None:
+            full_prompt = ex.ids[: ex.prompt_len]
+        np.testing.assert_array_equal(ex.ids[: ex.prompt_len], full_prompt)  # masking never touches the prompt
+        assert not ex.weight[: ex.prompt_len].any()
     assert len(seen) > 1  # different seeds mask different numbers of steps
 
 
