@@ -8,14 +8,14 @@ import numpy as np
 VOCAB = 300
 
 
-def make_hf_qwen2(out_dir: str, tied: bool, seed: int = 0, layers: int = 2):
+def make_hf_qwen2(out_dir: str, tied: bool, seed: int = 0, layers: int = 2, rope_theta: float = 10000.0):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      rope_theta=10000.0, tie_word_embeddings=tied, rms_norm_eps=1e-6)
+                      rope_theta=rope_theta, tie_word_embeddings=tied, rms_norm_eps=1e-6)
     model = Qwen2ForCausalLM(cfg).eval()
     with torch.no_grad():  # random biases and norm scales so that those code paths are exercised
         for name, p in model.named_parameters():

@@ -12,10 +12,12 @@ from pathreasoner_jax.models.factory import create_model
 from pathreasoner_jax.models.qwen2 import positions_from_valid
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+@pytest.fixture(scope="module", params=[(True, 1e4), (False, 1e6)], ids=["tied", "untied-theta1e6"])
 def hf_pair(request, tmp_path_factory):
+    """The untied model has Qwen2.5's rope_theta 1e6, so the config's theta must reach RoPE."""
     d = str(tmp_path_factory.mktemp("hf"))
-    torch_model = make_hf_qwen2(d, tied=request.param)
+    tied, theta = request.param
+    torch_model = make_hf_qwen2(d, tied=tied, rope_theta=theta)
     model = create_model(tiny_model_config(d), image_token_id=299)
     return torch_model, model, d
 
