@@ -116,3 +116,43 @@ def test_padded_patches_change_nothing_and_gradients_are_finite():
     leaves = jax.tree.leaves(grads)
     assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
+
+
+def test_merge_weights_carry_no_gradient():
+    """SPEC §3: branch weights softmax(lse) are computed without gradient."""
+    from pathreasoner_jax.models.longnet import merge_branches
+    rng = np.random.default_rng(5)
+    outs = [jnp.asarray(rng.standard_normal((1, 3, 2, 4)), jnp.float32) for _ in range(2)]
+    lses = [jnp.asarray(rng.standard_normal((1, 3, 2)), jnp.float32) for _ in range(2)]
+    g = jax.grad(lambda ls: merge_branches(outs, ls).sum())(lses)
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in g)
+    w0 = 1 / (1 + np.exp(np.asarray(lses[1]) - np.asarray(lses[0])))  # softmax over two branches by hand
+    want = w0[..., None] * np.asarray(outs[0]) + (1 - w0[..., None]) * np.asarray(outs[1])
+    np.testing.assert_allclose(np.asarray(merge_branches(outs, lses)), want, atol=1e-6)
+
+
+def test_sub_ln_sits_between_attention_and_out_proj():
+    """A LayerNorm before out_proj makes the attention block blind to the scale of the
+    values: scaling v_proj by 3 leaves the block's output unchanged (it would triple without it)."""
+    from pathreasoner_jax.models.longnet import LongNet
+    from pathreasoner_jax.models.layers import Ctx
+    cfg = _tiny_cfg()
+    net = LongNet(cfg, nnx.Rngs(0))
+    attn = net.layers[0].attn
+    x = jnp.asarray(np.random.default_rng(6).standard_normal((1, 10, cfg.width)), jnp.float32)
+    valid = jnp.ones((1, 10), bool)
+    before = np.asarray(attn(x, valid, Ctx()))
+    attn.v_proj.kernel[...] = attn.v_proj.kernel[...] * 3.0
+    attn.v_proj.bias[...] = attn.v_proj.bias[...] + 0.5  # a shared offset of every value: also normalised away
+    np.testing.assert_allclose(np.asarray(attn(x, valid, Ctx())), before, atol=1e-4)
+
+
+def test_drop_path_drops_whole_rows_at_the_rate_and_rescales():
+    from pathreasoner_jax.models.layers import Ctx
+    from pathreasoner_jax.models.longnet import drop_path
+    x = jnp.ones((4000, 3, 2))
+    y = np.asarray(drop_path(x, 0.3, Ctx(rng=jax.random.key(0)), uid=1))
+    dropped = (y == 0).all(axis=(1, 2))
+    assert abs(dropped.mean() - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 4000)
+    np.testing.assert_allclose(y[~dropped], 1 / 0.7, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(drop_path(x, 0.3, Ctx(), uid=1)), np.asarray(x))  # eval: identity
