@@ -3,7 +3,10 @@
 
 Exit codes: 0 when at least one slide succeeded (bad inputs are reported one line each
 and recorded in the manifest), 1 when nothing succeeded, 2 for a usage/config error
-(raised as UserError and printed by the CLI without a traceback).
+(raised as UserError and printed by the CLI without a traceback) and for a merge that,
+given reports or reference conversations and a non-zero train fraction, produced no
+training sample (the manifest is written first; the line names the failed writer calls
+and their commonest kind).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def prepare(cfg, num_workers: int = 1, worker_index: int = -1, merge_only: bool 
     from data_prep.inputs import resolve_inputs
     from data_prep.kg import load_kg
     from data_prep.linking import EntityLinker
-    from data_prep.pipeline import merge, run_part, say
+    from data_prep.pipeline import merge, no_training_samples, run_part, say
     from data_prep.reference import import_conversations
     from data_prep.sample_stage import SampleContext
     from data_prep.splits import assign_splits
@@ -83,9 +86,14 @@ def prepare(cfg, num_workers: int = 1, worker_index: int = -1, merge_only: bool 
     if merge_only or worker_index < 0 or n == 1:
         man = merge(inp, cfg, kg, n, config_hash, reference, ref_fail)
         c = man["counts"]
+        wf = f" ({c['writer_failures']} failed writer call(s): {man['writer_failures']})" if c["writer_failures"] else ""
         say(f"{c['slides_ok']} slides ok, {c['slides_failed']} failed, samples {c['samples']}, "
-            f"{c['samples_failed']} sample(s) skipped → {inp.prep_dir}/manifest.json ({time.time() - t0:.1f}s)")
-        return 0 if c["slides_ok"] else 1
+            f"{c['samples_failed']} sample(s) skipped{wf} → {inp.prep_dir}/manifest.json ({time.time() - t0:.1f}s)")
+        if not c["slides_ok"]:
+            return 1
+        if (inp.reports or inp.reference_path) and cfg.data.splits[0] > 0 and not c["samples"].get("train"):
+            raise UserError(no_training_samples(man, inp.prep_dir))
+        return 0
     return 0
 
 

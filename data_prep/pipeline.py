@@ -5,14 +5,16 @@ it writes `slides-I-of-N` and `samples-<split>-I-of-N` shards plus `parts/part-I
 (its manifest, written last: a finished part is skipped on rerun). Outputs of different
 workers never overlap, so a SLURM array or an indexed Kubernetes job can run them on
 many machines; `--merge` then writes `entities.json`, the demo tokenizer and
-`manifest.json`.
+`manifest.json`. Failed reasoning-writer calls are counted by kind (`writer_failures` in
+each part manifest and in `manifest.json`); a part with writer failures is not taken as
+finished, so a rerun calls the writer again for those samples only (sample_stage.py).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.records import SPLITS, encode_sample, encode_slide
@@ -41,7 +43,7 @@ def run_part(inp: PrepInputs, cfg, ctx: SampleContext | None, splits: dict[str, 
         with open(pp) as f:
             done = json.load(f)
         listed = [done["shards"]["slides"]] + list(done["shards"]["samples"].values())
-        if done.get("config_hash") == config_hash and all(
+        if done.get("config_hash") == config_hash and not done.get("writer_failures") and all(
                 os.path.isfile(os.path.join(inp.prep_dir, sh["path"])) for sh in listed):
             return done
     mine = [it for i, it in enumerate(inp.items) if i % n == part]
@@ -98,6 +100,7 @@ def run_part(inp: PrepInputs, cfg, ctx: SampleContext | None, splits: dict[str, 
                                            (encode_sample(s) for s in recs))
     manifest = {"part": part, "num_parts": n, "config_hash": config_hash, "slides_ok": ok,
                 "slides_failed": failed, "slides_warnings": warnings, "samples_failed": sample_fail,
+                "writer_failures": writer_failures(sample_fail),
                 "shards": {"slides": slides_shard, "samples": sample_shards}}
     write_json(pp, manifest)
     return manifest
@@ -140,6 +143,8 @@ def merge(inp: PrepInputs, cfg, kg, n: int, config_hash: str, reference: list | 
               "patches": sum(s["num_patches"] for s in slides_ok),
               "samples": {sp: sum(s["records"] for s in sample_shards[sp]) for sp in SPLITS},
               "samples_failed": len(samples_failed)}
+    wf = writer_failures(samples_failed)
+    counts["writer_failures"] = sum(wf.values())
     from data_prep.entities import write_entities
     from pathreasoner_jax.data.store import iter_samples_from_shards
     samples = list(iter_samples_from_shards(inp.prep_dir, [s["path"] for sp in SPLITS for s in sample_shards[sp]]))
@@ -153,6 +158,7 @@ def merge(inp: PrepInputs, cfg, kg, n: int, config_hash: str, reference: list | 
         "slides_ok": [s["slide_id"] for s in slides_ok], "slides": slides_ok,
         "slides_failed": slides_failed, "slides_warnings": [w for p in parts for w in p["slides_warnings"]],
         "samples": counts["samples"], "samples_failed": samples_failed, "counts": counts,
+        "writer_failures": wf,
         "shards": {"slides": slide_shards, "samples": sample_shards}, "slide_index": index,
         "entities": "entities.json", "entities_sha256": sha256_file(os.path.join(inp.prep_dir, "entities.json")),
         "tokenizer": tokenizer, "feature_dim": _feature_dim(inp.prep_dir, slide_shards),
@@ -163,6 +169,26 @@ def merge(inp: PrepInputs, cfg, kg, n: int, config_hash: str, reference: list | 
     remove_stale_tmp(out)
     write_json(out, manifest)
     return manifest
+
+
+def writer_failures(samples_failed: list[dict]) -> dict[str, int]:
+    """kind → failed reasoning-writer calls among `samples_failed`."""
+    return dict(Counter(f["writer_failure"] for f in samples_failed if f.get("writer_failure")))
+
+
+def no_training_samples(manifest: dict, prep_dir: str) -> str:
+    """The one-line reason a merge produced no training sample."""
+    where = f"(all failures: {prep_dir}/manifest.json samples_failed)"
+    failed = manifest["samples_failed"]
+    wf = manifest.get("writer_failures") or {}
+    if wf:
+        kind, k = max(wf.items(), key=lambda kv: kv[1])
+        example = next(f["error"] for f in failed if f.get("writer_failure") == kind)
+        return (f"no training samples: {sum(wf.values())} reasoning-writer call(s) failed, most often {kind} "
+                f"({k} of them), e.g. {example} {where}")
+    if failed:
+        return f"no training samples: {len(failed)} sample(s) skipped, e.g. {failed[0]['error']} {where}"
+    return "no training samples: no report or reference conversation matched a prepared slide"
 
 
 def _feature_dim(prep_dir: str, slide_shards: list[dict]) -> int:

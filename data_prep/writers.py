@@ -1,23 +1,24 @@
 """Reasoning writers (SPEC §4): findings + KG paths + diagnosis → trajectory.
 
 `TemplateWriter` works offline and is deterministic (seeded per input). `OpenAIWriter`
-asks an LLM behind an OpenAI-compatible `/chat/completions` endpoint, with a timeout,
-retries with back-off, and a bounded number of concurrent requests. The API key is read
-from the environment variable named in the config and only ever placed in the request
-header — it is never logged or written into an error message.
+asks an LLM behind an OpenAI-compatible endpoint through the shared client
+(`pathreasoner_jax/core/chat_client.py`, the same URL rule as the judge: a server root
+gets `/v1/chat/completions`, a `/v1` base gets `/chat/completions`): a total deadline
+per attempt (`reasoning_timeout_s`), `reasoning_retries` retries after the first try
+with back-off (a reply `parse_reply` rejects is retried too), at most
+`reasoning_concurrency` requests in flight. A call that still fails becomes a
+`WriterError` with the failure's `kind` for that one input; the others carry on. The API
+key is read from the environment variable named in the config and only ever placed in
+the request header — it is never logged or written into an error message.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pathreasoner_jax.core.chat_client import ChatClient, ChatFailure
 from pathreasoner_jax.records import clean_step, parse_trajectory
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,12 @@ class Trajectory:
 
 
 class WriterError(RuntimeError):
-    """A trajectory that could not be written; the message is one line."""
+    """A trajectory that could not be written; the message is one line, `kind` the
+    endpoint failure's kind (`timeout`, `http_500`, `bad_reply`, ...; see chat_client)."""
+
+    def __init__(self, message: str, kind: str = "error"):
+        super().__init__(message)
+        self.kind = kind
 
 
 _FINDING_TEMPLATES = ("There is evidence of {f}.", "The tissue shows {f}.", "Sections show {f}.",
@@ -118,43 +124,27 @@ class OpenAIWriter:
                  retries: int = 3, concurrency: int = 4, temperature: float = 0.7, backoff_s: float = 1.0):
         if not url:
             raise WriterError("data.reasoning_url is empty (needed for reasoning_writer=openai)")
-        self.url = url.rstrip("/") if url.rstrip("/").endswith("/chat/completions") else url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.api_key_env = api_key_env
-        self.timeout_s, self.retries, self.concurrency = timeout_s, max(1, retries), max(1, concurrency)
-        self.temperature, self.backoff_s = temperature, backoff_s
+        try:
+            self.client = ChatClient(url, model, api_key_env, deadline_s=timeout_s, retries=retries,
+                                     concurrency=concurrency, backoff_s=backoff_s)
+        except ValueError as e:
+            raise WriterError(f"data.reasoning_url: {e}") from None
+        self.url, self.model, self.api_key_env = self.client.url, model, api_key_env
+        self.temperature = temperature
 
-    def _request(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": self.temperature,
-                           "messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                                        {"role": "user", "content": prompt}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            payload = json.loads(resp.read().decode("utf-8", "replace"))
-        return payload["choices"][0]["message"]["content"]
+    def __repr__(self) -> str:  # no key here
+        return f"OpenAIWriter(url={self.client.shown_url!r}, model={self.model!r})"
+
+    def failure_counts(self) -> dict[str, int]:
+        """kind → calls that failed with it, since this writer was made."""
+        return self.client.failure_counts()
 
     def write(self, inp: ReasoningInput) -> Trajectory:
-        prompt, cause = build_prompt(inp), ""
-        for attempt in range(self.retries):
-            try:
-                return parse_reply(self._request(prompt))
-            except TimeoutError:
-                cause = f"timed out after {self.timeout_s:g}s"
-            except urllib.error.HTTPError as e:
-                cause = f"HTTP {e.code}"
-            except urllib.error.URLError as e:
-                cause = "timed out" if isinstance(e.reason, TimeoutError) else f"unreachable ({e.reason})"
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                cause = f"unusable reply ({' '.join(str(e).split())[:120]})"
-            except OSError as e:
-                cause = f"connection failed ({e.__class__.__name__})"
-            if attempt + 1 < self.retries:
-                time.sleep(self.backoff_s * (2 ** attempt))
-        raise WriterError(f"reasoning endpoint {self.url}: {cause} ({self.retries} tries)")
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": build_prompt(inp)}]
+        try:
+            return self.client.complete(messages, parse=parse_reply, temperature=self.temperature)
+        except ChatFailure as e:
+            raise WriterError(f"reasoning endpoint {e}", e.kind) from None
 
     def write_many(self, inputs: list[ReasoningInput]) -> list[Trajectory | WriterError]:
         def one(inp):
@@ -162,8 +152,7 @@ class OpenAIWriter:
                 return self.write(inp)
             except WriterError as e:
                 return e
-        with ThreadPoolExecutor(self.concurrency) as ex:
-            return list(ex.map(one, inputs))
+        return self.client.map(one, inputs)
 
 
 def build_writer(cfg_data) -> TemplateWriter | OpenAIWriter:

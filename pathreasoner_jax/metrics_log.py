@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -15,6 +16,20 @@ def print0(msg: str) -> None:
     """Prints on host 0 only (one line per event, not one per host)."""
     if jax.process_index() == 0:
         print(msg, flush=True)
+
+
+def warn0(msg: str) -> None:
+    """A one-line warning on stderr, from host 0 only."""
+    if jax.process_index() == 0:
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _parse(line: str):
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 class MetricsLogger:
@@ -43,11 +58,23 @@ class MetricsLogger:
                     self.tb.add_scalar(k, v, step)
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint so the log matches the run."""
+        """On resume, drop lines logged after the checkpoint so the log matches the run, and
+        lines that do not parse (a crash mid-write tears the last one), with a warning."""
         if not (self.enabled and os.path.exists(self.path)):
             return
-        with open(self.path) as f:
-            keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep, torn = [], []
+        with open(self.path, errors="replace") as f:
+            for i, ln in enumerate(f, 1):
+                if not ln.strip():
+                    continue
+                rec = _parse(ln)
+                if rec is None:
+                    torn.append(i)
+                elif rec.get("step", 0) <= step:
+                    keep.append(ln if ln.endswith("\n") else ln + "\n")
+        if torn:
+            warn0(f"{self.path}: dropped {len(torn)} unreadable line(s) (line {', '.join(map(str, torn[:5]))}"
+                  f"{' …' if len(torn) > 5 else ''}), e.g. torn by a crash mid-write")
         with atomic_path(self.path) as tmp, open(tmp, "w") as f:
             f.writelines(keep)
 

@@ -147,3 +147,49 @@ def test_from_config_without_key(stub, monkeypatch):
     assert j.score("q", "r", "good") == 0.8 and stub.auth == {None}  # no key: no header
     with pytest.raises(ValueError):
         Judge("", "m")
+
+
+class _Tok:
+    """Token i decodes to the <answer> span of CANDS[i]."""
+    CANDS = ["good", "garbage", "slow", "good"]
+
+    def decode(self, ids, **kw):
+        return "".join(f"<answer>{self.CANDS[i]}</answer>" for i in ids)
+
+
+def _rt(stub):
+    import types
+    rewards = RewardsConfig(semantic="judge", judge_url=stub.url, judge_model="m", judge_api_key_env="",
+                            judge_timeout_s=0.3, judge_retries=0, judge_concurrency=2)
+    return types.SimpleNamespace(cfg=types.SimpleNamespace(rewards=rewards), tokenizer=_Tok(), ids=None,
+                                 model_cfg=types.SimpleNamespace(llm=types.SimpleNamespace(vocab_size=8)),
+                                 layout=types.SimpleNamespace(judge_cache=None))
+
+
+class _Prompts:
+    def row_text(self, key):
+        return f"q{key}", "r"
+
+
+def test_failures_are_counted_by_kind_and_reach_the_reward_function(stub, monkeypatch):
+    import types
+    import pathreasoner_jax.grpo.reward_fn as rf
+    j = _judge(stub, monkeypatch, retries=0)
+    np.testing.assert_allclose(j.score_batch(["q"] * 3, ["r"] * 3, ["good", "garbage", "slow"]), [0.8, 0, 0])
+    assert j.failure_counts() == {"bad_reply": 1, "timeout": 1} and j.failures == 2
+    # the reward function of a run exposes the judge's cumulative counts (GRPO logs judge/failures/<kind>)
+    monkeypatch.setattr(rf, "build_token_tables", lambda *a: None)
+    monkeypatch.setattr(rf, "compile_lexicon", lambda *a: None)
+    monkeypatch.setattr(rf, "compute_rewards", lambda *a, **kw: {"semantic": a[-1]})
+    entities = type("E", (), {"names": [], "__getitem__": lambda self, k: []})()
+    fn = rf.make_reward_fn(_rt(stub), entities, _Prompts())
+    assert fn.failure_counts() == {}
+    rollout = {"tokens": np.arange(4).reshape(4, 1), "mask": np.ones((4, 1), np.int32)}
+    batch = {"ids": np.zeros((2, 1)), "row_key": np.arange(2), "gt_entities": np.zeros((2, 1)),
+             "ref_ids": np.zeros((2, 1)), "ref_mask": np.zeros((2, 1))}
+    sem = np.asarray(fn(rollout, batch, 2)["semantic"])
+    np.testing.assert_allclose(sem, [0.8, 0, 0, 0.8])
+    assert fn.failure_counts() == {"bad_reply": 1, "timeout": 1}
+    fn(rollout, batch, 2)  # cumulative; good replies come from the cache, failures are tried again
+    assert fn.failure_counts() == {"bad_reply": 2, "timeout": 2}
+    assert rf.make_semantic_scorer(_rt(stub), _Prompts()).failure_counts() == {}

@@ -99,7 +99,7 @@ def test_openai_writer_timeout_and_garbage(server, kg_linker, monkeypatch, caplo
     inp = _inputs(kg, linker)[0][0]
     caplog.set_level(logging.DEBUG)
     for path, cause in (("/slow", "timed out"), ("/garbage", "unusable reply")):
-        w = OpenAIWriter(server + path, "tiny", "PR_TEST_KEY", timeout_s=0.2, retries=2, backoff_s=0.01)
+        w = OpenAIWriter(server + path, "tiny", "PR_TEST_KEY", timeout_s=0.2, retries=1, backoff_s=0.01)
         t = time.time()
         with pytest.raises(WriterError) as e:
             w.write(inp)

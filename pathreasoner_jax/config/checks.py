@@ -157,6 +157,7 @@ RULES: dict = {
     "sft.prior_eps": prob,
     "sft.checkpoint_every": count,
     "sft.keep_last": count,
+    "sft.max_nonfinite_steps": at_least(0, why="0: the first non-finite step stops the stage"),
     # ---------------------------------------------------------------- grpo
     "grpo.group_size": at_least(2, why="GRPO needs two completions per prompt to compare"),
     "grpo.prompts_per_step": (count, if_set(relation(
@@ -186,6 +187,7 @@ RULES: dict = {
     "grpo.overlong_penalty": non_negative,
     "grpo.checkpoint_every": count,
     "grpo.keep_last": count,
+    "grpo.max_nonfinite_steps": at_least(0, why="0: the first non-finite step stops the stage"),
     # ---------------------------------------------------------------- rewards
     "rewards.alpha": non_negative,
     "rewards.beta": prob,

@@ -144,6 +144,7 @@ class SFTConfig:
     checkpoint_every: int = 100
     keep_last: int = 3
     init_from: str = ""
+    max_nonfinite_steps: int = 3  # consecutive skipped (non-finite) steps tolerated; one more stops the stage
 
 
 @dataclass
@@ -175,6 +176,7 @@ class GRPOConfig:
     init_from: str = ""  # SFT checkpoint directory ("" : runs/<name>/checkpoints/sft)
     checkpoint_every: int = 50
     keep_last: int = 3
+    max_nonfinite_steps: int = 3  # consecutive skipped (non-finite) iterations tolerated; one more stops
 
 
 @dataclass

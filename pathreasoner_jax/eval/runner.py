@@ -65,10 +65,13 @@ def evaluate_model(rt, model, builder, rows, slide_ids, lexicon, reward_fn, desc
         from pathreasoner_jax.text.spans import extract_answer
         from pathreasoner_jax.grpo.judge import Judge
         judge = Judge.from_config(rt.cfg.rewards, cache_path=rt.layout.judge_cache)
-        scores = judge.score_batch([s.question for s in rows], [s.answer for s in rows],
-                                   [extract_answer(t) for t in texts])
-        metrics["answer_accuracy_judge"] = float(np.mean(scores))
-        metrics["judge_failures"] = judge.failures
+        try:
+            scores = judge.score_batch([s.question for s in rows], [s.answer for s in rows],
+                                       [extract_answer(t) for t in texts])
+        finally:
+            judge.close()
+        metrics["answer_accuracy_judge"] = float(np.mean(scores))  # a failed call scored 0
+        metrics["judge_failures"] = judge.failure_counts()  # kind → calls
     if sampled_reward_fn is not None:
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=rt.cfg.grpo.temperature,
                                 top_p=rt.cfg.grpo.top_p, top_k=rt.cfg.grpo.top_k, group_size=cfg.reward_samples)

@@ -3,6 +3,11 @@
 Kept apart from the trainer (data, checkpoints, logging) so that tests can drive it with
 a programmatic reward. Everything here runs on device except the Python control flow
 of DAPO's dynamic sampling, which only selects whole groups.
+
+Non-finite rewards (after shaping and the KL fold) take their whole group out of the
+update (advantage 0, tokens masked; counted in `nonfinite_rewards`); when every group
+is out, the update is skipped (params and optimizer state unchanged, `skipped` = 1), as
+is any update whose loss or gradients are not finite (grpo/step.py).
 """
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ import numpy as np
 from flax import nnx
 
 from pathreasoner_jax.generate import SamplingParams, sample
-from pathreasoner_jax.grpo.advantages import dynamic_sampling_keep, fold_kl_into_rewards, group_advantages
+from pathreasoner_jax.grpo.advantages import (dynamic_sampling_keep, fold_kl_into_rewards, group_advantages,
+                                              zero_std_groups)
 from pathreasoner_jax.grpo.losses import mask_truncated, overlong_penalty
 from pathreasoner_jax.grpo.step import GRPOStep, assemble
 
@@ -88,7 +94,8 @@ def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int
                                          cfg.overlong_penalty)
     if cfg.kl_mode == "reward":
         total = fold_kl_into_rewards(total, old_logp, ref_logp, seq["mask"], cfg.kl_coef)
-    adv, n_flat = group_advantages(total, g, cfg.adv_scale)
+    total, adv, n_flat, bad_rows = finite_group_advantages(total, g, cfg.adv_scale)
+    seq["mask"] = seq["mask"] * (~bad_rows)[:, None]
     if cfg.mask_truncated:
         seq["mask"] = mask_truncated(seq["mask"], rollout["truncated"])
     epochs = []
@@ -98,13 +105,30 @@ def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int
         epochs.append(m)
     # the first epoch's ratio is exactly 1 (same params, same dropout key as old_logp)
     metrics = {f"first_epoch/{k}": v for k, v in epochs[0].items()} | dict(epochs[-1])
-    for name, r in rewards.items():
-        metrics[f"reward/{name}_mean"] = jnp.mean(r)
-        metrics[f"reward/{name}_std"] = jnp.std(r, ddof=1) if r.shape[0] > 1 else 0.0
+    skips = jnp.stack([m["skipped"] for m in epochs])
+    metrics.update({"skipped": jnp.max(skips), "skipped_updates": jnp.sum(skips),
+                    "nonfinite_rewards": jnp.sum(bad_rows)})
+    for name, r in rewards.items():  # over the finite rewards
+        r = jnp.where(jnp.isfinite(r), r, jnp.nan)
+        metrics[f"reward/{name}_mean"] = jnp.nanmean(r)
+        metrics[f"reward/{name}_std"] = jnp.nanstd(r, ddof=1) if r.shape[0] > 1 else 0.0
     lengths = rollout["lengths"].astype(jnp.float32)
     metrics.update({"frac_reward_zero_std": n_flat / (total.shape[0] // g), "sampling_tries": tries,
                     "completion_length_mean": jnp.mean(lengths), "completion_length_min": jnp.min(lengths),
                     "completion_length_max": jnp.max(lengths),
                     "truncated_frac": jnp.mean(rollout["truncated"].astype(jnp.float32)),
-                    "reward_total_with_shaping_mean": jnp.mean(total)})
+                    "reward_total_with_shaping_mean": jnp.sum(total) / jnp.maximum(jnp.sum(~bad_rows), 1)})
     return state, {k: float(v) for k, v in metrics.items()}
+
+
+def finite_group_advantages(total, g: int, scale: str):
+    """Group advantages with every group holding a non-finite reward taken out → (total
+    with those rows 0, advantages (0 for those groups; all NaN when no group is left, so
+    the update skips), count of zero-variance finite groups, (B,) bool rows taken out)."""
+    bad_groups = jnp.any(~jnp.isfinite(total).reshape(-1, g), axis=1)
+    bad_rows = jnp.repeat(bad_groups, g)
+    total = jnp.where(bad_rows, 0.0, total)
+    adv, _ = group_advantages(total, g, scale)
+    adv = jnp.where(jnp.all(bad_groups), jnp.nan, jnp.where(bad_rows, 0.0, adv))
+    n_flat = jnp.sum(zero_std_groups(total.reshape(-1, g)) & ~bad_groups)
+    return total, adv, n_flat, bad_rows

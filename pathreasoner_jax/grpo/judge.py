@@ -1,33 +1,33 @@
 """The `judge` semantic reward: an LLM behind an OpenAI-compatible /v1/chat/completions.
 
-Rubric prompt, temperature 0, the first number in the reply clamped to [0, 1]. Each
-request has a timeout; failures (transport errors, HTTP errors, replies without a
-number) are retried with exponential backoff, then scored 0 and counted. At most
-`concurrency` requests are in flight (a thread pool). Scores are cached by
-sha256(model, rubric version, question, reference, candidate) in memory and, when
-`cache_path` is set, in a JSON-lines file that later runs reload; failures are not cached.
-The API key is read from the environment variable named in the config and is sent only
-in the Authorization header: it never appears in logs, errors or repr.
+Rubric prompt, temperature 0, the first number in the reply clamped to [0, 1]. Requests
+go through the shared client (`core/chat_client.py`): a total deadline per attempt
+(`timeout_s`), bounded retries with back-off on transient failures (a reply without a
+number counts as `bad_reply` and is retried too), at most `concurrency` in flight.
+
+A call that still fails scores 0 and is counted by kind (`failure_counts()`, logged by
+the GRPO trainer as `judge/failures/<kind>`, recorded by eval as `judge_failures`).
+Why 0 rather than an exception: one bad call must not end a training run hours in, and
+0 is the rubric's "wrong" floor, so a failure can only lower that completion's reward
+(when a whole group fails, its semantic reward is constant and adds no advantage); the
+counts make a run with many failures visible. Scores are cached by sha256(model, rubric
+version, question, reference, candidate) in memory and, when `cache_path` is set, in a
+JSON-lines file that later runs reload; failures are not cached. The API key is read from
+the environment variable named in the config and is sent only in the Authorization
+header: it never appears in logs, errors or repr.
 """
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
-import logging
 import os
-import random
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from pathreasoner_jax.core.chat_client import ChatClient, ChatFailure, chat_url  # noqa: F401 (chat_url: re-export)
 
 RUBRIC_VERSION = "v1"
 RUBRIC = """You are a board-certified pathologist grading a model's answer to a question about a \
@@ -70,16 +70,11 @@ def parse_score(reply: str) -> Optional[float]:
     return None if v != v else min(1.0, max(0.0, v))  # NaN is no score
 
 
-def chat_url(url: str) -> str:
-    """Accepts a server root, a `/v1` base or the full endpoint."""
-    u = url.rstrip("/")
-    if u.endswith("/chat/completions"):
-        return u
-    return u + ("/chat/completions" if u.endswith("/v1") else "/v1/chat/completions")
-
-
-class JudgeError(RuntimeError):
-    pass
+def _score_or_raise(reply: str) -> float:
+    s = parse_score(reply)
+    if s is None:
+        raise ValueError("reply holds no number")
+    return s
 
 
 class Judge:
@@ -90,13 +85,14 @@ class Judge:
                  backoff_s: float = 1.0, max_tokens: int = 8):
         if not url:
             raise ValueError("the judge needs rewards.judge_url (an OpenAI-compatible endpoint)")
-        self.url, self.model = chat_url(url), model
-        self.api_key_env = api_key_env
-        self.timeout_s, self.retries, self.concurrency = float(timeout_s), int(retries), max(1, int(concurrency))
-        self.backoff_s, self.max_tokens = float(backoff_s), int(max_tokens)
+        self.client = ChatClient(url, model, api_key_env, deadline_s=timeout_s, retries=retries,
+                                 concurrency=concurrency, backoff_s=backoff_s)
+        self.url, self.model, self.api_key_env = self.client.url, model, api_key_env
+        self.timeout_s, self.retries, self.concurrency = float(timeout_s), int(retries), self.client.concurrency
+        self.max_tokens = int(max_tokens)
         self.cache_path = cache_path
-        self.stats = {"requests": 0, "retries": 0, "failures": 0, "cache_hits": 0}
         self._cache: dict[str, float] = {}
+        self._hits = 0
         self._lock = threading.Lock()
         if cache_path and os.path.exists(cache_path):
             with open(cache_path) as f:
@@ -114,60 +110,42 @@ class Judge:
                    rcfg.judge_retries, rcfg.judge_concurrency, cache_path, **kw)
 
     def __repr__(self) -> str:  # no key here
-        return f"Judge(url={self.url!r}, model={self.model!r}, key_env={self.api_key_env!r})"
+        return f"Judge(url={self.client.shown_url!r}, model={self.model!r}, key_env={self.api_key_env!r})"
+
+    def close(self) -> None:
+        self.client.close()
+
+    @property
+    def stats(self) -> dict:
+        """requests (attempts sent), retries, failures (scored 0), cache_hits."""
+        with self._lock:
+            return {**self.client.stats, "cache_hits": self._hits}
 
     @property
     def failures(self) -> int:
-        return self.stats["failures"]
+        return self.client.stats["failures"]
+
+    def failure_counts(self) -> dict[str, int]:
+        """kind → judge calls that failed with it (each scored 0), cumulative."""
+        return self.client.failure_counts()
 
     def _key(self, question: str, reference: str, candidate: str) -> str:
         blob = json.dumps([self.model, RUBRIC_VERSION, question, reference, candidate])
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self.stats[name] += 1
-
-    def _request(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        self._count("requests")
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            data = json.loads(resp.read().decode("utf-8", "replace"))
-        try:
-            return data["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise JudgeError("reply without choices[0].message.content") from None
-
     def score(self, question: str, reference: str, candidate: str) -> float:
         key = self._key(question, reference, candidate)
         with self._lock:
             if key in self._cache:
-                self.stats["cache_hits"] += 1
+                self._hits += 1
                 return self._cache[key]
-        prompt = rubric_prompt(question, reference, candidate)
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self._count("retries")
-                time.sleep(self.backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * random.random()))
-            try:
-                s = parse_score(self._request(prompt))
-                if s is None:
-                    raise JudgeError("reply holds no number")
-            except (OSError, http.client.HTTPException, ValueError, JudgeError) as e:
-                # the message names the error class and the URL only, never headers
-                log.warning("judge attempt %d/%d failed: %s", attempt + 1, self.retries + 1,
-                            type(e).__name__ + (f" {e.code}" if isinstance(e, urllib.error.HTTPError) else ""))
-                continue
-            self._store(key, s)
-            return s
-        self._count("failures")
-        return 0.0
+        try:
+            s = self.client.complete([{"role": "user", "content": rubric_prompt(question, reference, candidate)}],
+                                     parse=_score_or_raise, temperature=0, max_tokens=self.max_tokens)
+        except ChatFailure:
+            return 0.0  # counted by kind in the client (see the module docstring for why 0)
+        self._store(key, s)
+        return s
 
     def _store(self, key: str, s: float) -> None:
         with self._lock:
@@ -183,5 +161,4 @@ class Judge:
             raise ValueError("questions, references and candidates must have the same length")
         if not candidates:
             return np.zeros(0, np.float32)
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return np.asarray(list(pool.map(self.score, questions, references, candidates)), np.float32)
+        return np.asarray(self.client.map(self.score, questions, references, candidates), np.float32)

@@ -3,7 +3,9 @@ entities and prompts; GRPO trains on it and `eval` scores policies with the same
 
 Format, entity and `rouge` rewards run on device (`rewards.py`); the `judge` (endpoint)
 and `self` (frozen reference model) semantic scores are computed on the host from the
-completions' <answer> spans and passed in.
+completions' <answer> spans and passed in. The returned reward function carries
+`failure_counts()` (kind → judge calls that failed and scored 0, cumulative; empty for
+the other semantic rewards), which the GRPO trainer logs as `judge/failures/<kind>`.
 """
 from __future__ import annotations
 
@@ -18,14 +20,17 @@ from pathreasoner_jax.runtime import Runtime
 
 def make_semantic_scorer(rt: Runtime, prompts: PromptBuilder, judge_model=None):
     """Host-side semantic scores (`judge`: the endpoint; `self`: the frozen reference model)
-    of the completions' <answer> spans; None for `rouge`, which runs on device."""
+    of the completions' <answer> spans; None for `rouge`, which runs on device. The scorer
+    has `failure_counts()` (the endpoint judge's failures by kind; {} for `self`)."""
     from pathreasoner_jax.text.decode import answer_texts
     cfg = rt.cfg.rewards
     if cfg.semantic == "rouge":
         return None
+    counts = dict
     if cfg.semantic == "judge":
         from pathreasoner_jax.grpo.judge import Judge
-        fn = Judge.from_config(cfg, cache_path=rt.layout.judge_cache).score_batch
+        endpoint = Judge.from_config(cfg, cache_path=rt.layout.judge_cache)
+        fn, counts = endpoint.score_batch, endpoint.failure_counts
     elif cfg.semantic == "self":
         if judge_model is None:
             raise UserError("rewards.semantic=self needs the frozen reference model")
@@ -38,12 +43,14 @@ def make_semantic_scorer(rt: Runtime, prompts: PromptBuilder, judge_model=None):
         texts = [prompts.row_text(int(k)) for k in np.repeat(np.asarray(batch["row_key"]), group)]
         answers = answer_texts(rt.tokenizer, np.asarray(rollout["tokens"]), np.asarray(rollout["mask"]))
         return jnp.asarray(fn([q for q, _ in texts], [a for _, a in texts], answers), jnp.float32)
+    score.failure_counts = counts
     return score
 
 
 def make_reward_fn(rt: Runtime, entities, prompts: PromptBuilder, judge_model=None):
     """→ `reward_fn(rollout, prompt_batch, group_size)`: a dict of (B·G,) rewards for the
-    B·G completions of a rollout over B prompts, G = `group_size` completions each."""
+    B·G completions of a rollout over B prompts, G = `group_size` completions each.
+    `reward_fn.failure_counts()`: kind → judge failures so far (see the module docstring)."""
     cfg = rt.cfg.rewards
     tables = build_token_tables(rt.tokenizer, rt.ids, rt.model_cfg.llm.vocab_size)
     names = entities.names
@@ -61,4 +68,5 @@ def make_reward_fn(rt: Runtime, entities, prompts: PromptBuilder, judge_model=No
         return compute_rewards(rollout["tokens"], rollout["mask"], rep(batch["gt_entities"]), sim, tables, lex,
                                rep(batch["ref_ids"]), rep(batch["ref_mask"]), sem, alpha=cfg.alpha,
                                beta=cfg.beta, semantic="rouge" if judge is None else cfg.semantic)
+    reward_fn.failure_counts = judge.failure_counts if judge is not None else dict
     return reward_fn

@@ -7,6 +7,10 @@ log-probs equal the sampler's. Log-probs are of softmax(logits / temperature).
 Old log-probs are recomputed here with the same dropout key that every inner epoch of
 the update uses for that batch, so at the first inner epoch the ratio is exactly 1
 (the reference computes them in eval mode and updates in train mode: defect 6).
+
+An update whose advantages, loss, gradient norm or new params are not finite keeps the
+params and optimizer state it was given (decided inside the jit: both are donated) and
+reports `skipped` = 1.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pathreasoner_jax.grpo.losses import policy_loss, token_entropy
 from pathreasoner_jax.sharding import use_mesh
-from pathreasoner_jax.train.params import init_opt_state, make_optimizer
+from pathreasoner_jax.train.params import finite_or_keep, init_opt_state, make_optimizer
 
 
 def assemble(prompt: dict, rollout: dict, group: int, image_id: int) -> dict:
@@ -92,9 +96,12 @@ class GRPOStep:
             return s / d, m
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-        updates, opt_state = self.tx.update(grads, opt_state, trainable)
-        trainable = optax.apply_updates(trainable, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt = self.tx.update(grads, opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+        trainable, opt_state, skipped = finite_or_keep((loss, grad_norm, adv), new_trainable, new_opt,
+                                                       trainable, opt_state)
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
         return trainable, opt_state, metrics
 
     def jit_all(self, trainable, frozen, opt_state):

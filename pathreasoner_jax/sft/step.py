@@ -3,6 +3,10 @@
 State is (trainable params, frozen params, optimizer state). Gradient accumulation scans
 over micro-batches summing the loss sums and token counts, and divides once at the end,
 so the result equals one big batch exactly (losses are (sum, denominator) pairs).
+
+A step whose loss, gradient norm or updated params are not finite keeps the params and
+optimizer state it was given (decided inside the jit, since both are donated) and
+reports `skipped` = 1; the trainer counts those (train/stage.py NonFiniteGuard).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pathreasoner_jax.sft.loss import sft_loss
 from pathreasoner_jax.sharding import use_mesh
-from pathreasoner_jax.train.params import init_opt_state, make_optimizer, trainable_filter
+from pathreasoner_jax.train.params import finite_or_keep, init_opt_state, make_optimizer, trainable_filter
 
 def split_batch(batch: dict, micro: int) -> dict:
     """(B, ...) → (micro, B / micro, ...)."""
@@ -57,10 +61,13 @@ class SFTStep:
 
     def step(self, trainable, frozen, opt_state, batch, rng, step):
         loss, grads, ntok = self.loss_and_grads(trainable, frozen, batch, rng)
-        updates, opt_state = self.tx.update(grads, opt_state, trainable)
-        trainable = optax.apply_updates(trainable, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": self.schedule(step),
-                   "loss_tokens": ntok}
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt = self.tx.update(grads, opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+        trainable, opt_state, skipped = finite_or_keep((loss, grad_norm), new_trainable, new_opt, trainable,
+                                                       opt_state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": self.schedule(step), "loss_tokens": ntok,
+                   "skipped": skipped}
         return trainable, opt_state, metrics
 
     def jitted(self, trainable, frozen, opt_state, batch_example):

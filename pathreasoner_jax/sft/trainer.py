@@ -3,7 +3,9 @@
 Stages: `sft` (plain masked SFT) and `sft_pseudobag` (sft.pseudo_bag=true, starting from
 the `sft` stage's final checkpoint unless sft.init_from says otherwise). A rerun of a
 finished stage is a no-op unless forced; an interrupted one resumes from its last
-checkpoint with the same batches and RNG (both are functions of the step).
+checkpoint with the same batches and RNG (both are functions of the step). A step with a
+non-finite loss or gradients is skipped by the jitted update; more than
+sft.max_nonfinite_steps in a row stop the stage (train/stage.py NonFiniteGuard).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pathreasoner_jax.metrics_log import print0
 from pathreasoner_jax.runtime import Runtime
 from pathreasoner_jax.sft.prior import load_priors
 from pathreasoner_jax.sft.step import make_sft_step
-from pathreasoner_jax.train.stage import finish, open_logger, open_stage, resume, shard_rows
+from pathreasoner_jax.train.stage import NonFiniteGuard, finish, open_logger, open_stage, resume, shard_rows
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
         return layout.checkpoint(stage)
     samples = SampleSource(layout.prep_dir, "train")
     slides = SlideStore(layout.prep_dir)
-    priors = load_priors(layout.prior_path) if cfg.sft.pseudo_bag else None
+    priors = load_priors(layout.prior_path, slides, cfg.data.num_clusters) if cfg.sft.pseudo_bag else None
     encoder = ExampleEncoder(rt.tokenizer, rt.ids.image, cfg.data.sample_num, cfg.sft.trajectory_mask_mode,
                              cfg.sft.trajectory_mask_rate, cfg.sft.pseudo_bag_q if priors else 0.0, priors)
     loader = SFTLoader(samples, slides, encoder, cfg.sft.batch_size, cfg.sft.epochs, cfg.run.seed,
@@ -52,39 +54,45 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
         restore_params(init_from, model)
         print0(f"{stage}: initialised from {init_from}")
     step_fn, trainable, frozen, opt_state = make_sft_step(model, cfg.sft, rt.model_cfg.lora.enabled, rt.mesh, total)
-    trainable, frozen, opt_state, start = resume(ck, stage, step_fn.graphdef, trainable, frozen, opt_state,
-                                                 step_fn.filter)
+    trainable, frozen, opt_state, meta = resume(ck, stage, step_fn.graphdef, trainable, frozen, opt_state,
+                                                step_fn.filter)
+    start = meta["step"]
+    guard = NonFiniteGuard(stage, "sft.max_nonfinite_steps", cfg.sft.max_nonfinite_steps, ck, meta)
     logger = open_logger(rt, stage, start)
     flops_tok = train_flops_per_token(rt.model_cfg, max(cfg.data.length_buckets))
     peak = device_peak_flops()
     base_key = jax.random.key(cfg.run.seed)
     jitted = None
     bar = tqdm(range(start, total), initial=start, total=total, desc=stage, disable=not cfg.run.progress)
-    for k in bar:
-        t0 = time.perf_counter()
-        batch = shard_rows(loader.batch(k % len(loader)), rt.mesh)
-        if jitted is None:
-            jitted = step_fn.jitted(trainable, frozen, opt_state, batch)
-        trainable, opt_state, m = jitted(trainable, frozen, opt_state, batch, jax.random.fold_in(base_key, k),
-                                         jnp.int32(k))
-        loss = float(m["loss"])
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"{stage}: loss is {loss} at step {k}; last good checkpoint in {ck.directory}")
-        dt = time.perf_counter() - t0
-        tokens = float(np.sum(batch_valid_tokens(batch)))
-        rec = {"loss": loss, "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
-               "tokens_per_s": tokens / dt, "step_time_s": dt,
-               "mfu": (flops_tok * tokens / dt / peak) if peak else None}
-        logger.log(k + 1, rec)
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:.0f}")
-        done = k + 1 == total or (stop_after is not None and k + 1 >= stop_after)
-        if (k + 1) % cfg.sft.checkpoint_every == 0 or done:
-            ck.save(k + 1, nnx.merge(step_fn.graphdef, trainable, frozen), opt_state,
-                    {"step": k + 1, "next_batch": k + 1, "stage": stage, "config": cfg.fingerprint("model")})
-        if done:
-            break
-    ck.close()
-    logger.close()
+    try:
+        for k in bar:
+            t0 = time.perf_counter()
+            batch = shard_rows(loader.batch(k % len(loader)), rt.mesh)
+            if jitted is None:
+                jitted = step_fn.jitted(trainable, frozen, opt_state, batch)
+            trainable, opt_state, m = jitted(trainable, frozen, opt_state, batch,
+                                             jax.random.fold_in(base_key, k), jnp.int32(k))
+            loss, skipped = float(m["loss"]), bool(float(m["skipped"]))
+            guard.update(skipped)
+            dt = time.perf_counter() - t0
+            tokens = float(np.sum(batch_valid_tokens(batch)))
+            rec = {"loss": loss, "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
+                   "tokens_per_s": tokens / dt, "step_time_s": dt,
+                   "mfu": (flops_tok * tokens / dt / peak) if peak else None,
+                   "skipped": float(skipped), "skipped_steps": guard.total}
+            logger.log(k + 1, rec)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:.0f}")
+            done = k + 1 == total or (stop_after is not None and k + 1 >= stop_after)
+            guard.check(k + 1, last=done)  # raises past the limit, or when the last step was skipped
+            if (k + 1) % cfg.sft.checkpoint_every == 0 or done:
+                ck.save(k + 1, nnx.merge(step_fn.graphdef, trainable, frozen), opt_state,
+                        {"step": k + 1, "next_batch": k + 1, "stage": stage, "config": cfg.fingerprint("model"),
+                         **guard.meta()})
+            if done:
+                break
+    finally:
+        ck.close()
+        logger.close()
     finish(rt, stage, stop_after is None or start >= total or stop_after >= total,
            {"steps": total, "truncated_rows": loader.truncated})
     return ck.directory

@@ -1,9 +1,11 @@
-"""Trainable parameters, the optimizer and its sharded state, shared by SFT and GRPO."""
+"""Trainable parameters, the optimizer and its sharded state, shared by SFT and GRPO;
+`finite_or_keep`, the non-finite guard both jitted updates end with."""
 from __future__ import annotations
 
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -55,3 +57,18 @@ def init_opt_state(tx, trainable, mesh: Mesh):
         on_mesh = isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
         return x if on_mesh else jax.device_put(x, rep)
     return jax.tree.map(place, state)
+
+
+def all_finite(tree) -> jax.Array:
+    """Scalar bool: every float leaf of `tree` is free of NaN and inf."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def finite_or_keep(scalars, new_params, new_opt, old_params, old_opt):
+    """Inside a jitted update: (new params, new optimizer state) when `scalars` (loss, grad
+    norm, …) and the new params are all finite, else the old ones unchanged. → (params,
+    opt_state, skipped as float32 0/1). The choice is made on device, so donated state works."""
+    ok = all_finite(list(scalars)) & all_finite(new_params)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+    return keep(new_params, old_params), keep(new_opt, old_opt), 1.0 - ok.astype(jnp.float32)

@@ -2,8 +2,12 @@
 
 `open_stage` is the common opening (finished → say so and skip; --force → clear;
 the memory estimate, which stops with a clear error when the config cannot fit);
-`resume` restores the latest checkpoint into the split training state; `open_logger`
-truncates the metrics log to the resumed step; `finish` writes DONE on host 0.
+`resume` restores the newest intact checkpoint into the split training state;
+`open_logger` truncates the metrics log to the resumed step; `NonFiniteGuard` counts the
+steps the jitted update skipped (non-finite loss or gradients: params and optimizer state
+left unchanged) and stops the stage with a one-line `UserError` past the configured
+limit, or when its last step was skipped, so a non-finite run is never marked done;
+`finish` writes DONE on host 0.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pathreasoner_jax.checkpoint import Checkpointer
+from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.metrics_log import MetricsLogger, print0
 
 
@@ -31,12 +36,45 @@ def open_stage(rt, stage: str, force: bool) -> bool:
 
 
 def resume(ck: Checkpointer, stage: str, graphdef, trainable, frozen, opt_state, is_trainable):
-    """→ (trainable, frozen, opt_state, start step): the latest checkpoint's, or the inputs and 0."""
+    """→ (trainable, frozen, opt_state, meta): the newest intact checkpoint's, or the inputs
+    and {"step": 0}."""
     if ck.latest_step() is None:
-        return trainable, frozen, opt_state, 0
+        return trainable, frozen, opt_state, {"step": 0}
     trainable, frozen, opt_state, meta = ck.resume(graphdef, trainable, frozen, opt_state, is_trainable)
     print0(f"{stage}: resuming at step {meta['step']} from {ck.directory}")
-    return trainable, frozen, opt_state, meta["step"]
+    return trainable, frozen, opt_state, meta
+
+
+class NonFiniteGuard:
+    """Counts skipped (non-finite) steps: `total` over the stage, `streak` of consecutive
+    ones. `limit` (`<section>.max_nonfinite_steps`) consecutive skips are tolerated; one
+    more, or a skip at the stage's last step, stops the stage (`check` raises)."""
+
+    def __init__(self, stage: str, key: str, limit: int, ck: Checkpointer, meta: dict):
+        self.stage, self.key, self.limit, self.ck = stage, key, limit, ck
+        self.total = int(meta.get("skipped_steps", 0))
+        self.streak = int(meta.get("nonfinite_streak", 0))
+
+    def update(self, skipped: bool) -> None:
+        self.total += int(skipped)
+        self.streak = self.streak + 1 if skipped else 0
+
+    def meta(self) -> dict:
+        return {"skipped_steps": self.total, "nonfinite_streak": self.streak}
+
+    def check(self, step: int, last: bool, what: str = "loss or gradients") -> None:
+        """Raises the stage's `UserError` when the streak passed the limit, or `last` and
+        this step was skipped."""
+        if not self.streak or (self.streak <= self.limit and not last):
+            return
+        self.ck.wait()  # a save still in flight is finished and recorded before we name it
+        good = self.ck.latest_intact_step()
+        where = (f"last verified checkpoint: step {good} in {self.ck.directory}" if good is not None
+                 else f"no verified checkpoint in {self.ck.directory}")
+        why = (f"{self.streak} consecutive step(s) skipped, more than {self.key}={self.limit}"
+               if self.streak > self.limit else "the stage's last step was skipped")
+        raise UserError(f"{self.stage}: non-finite {what} at step {step} ({why}); {where}; "
+                        "not marked done (lower the learning rate or check the data, then rerun)")
 
 
 def open_logger(rt, stage: str, start: int) -> MetricsLogger:
