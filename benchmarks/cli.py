@@ -75,12 +75,13 @@ def _summary(result: dict) -> str:
 
 def run_bench(args) -> int:
     cfg = load_config(args.config, args.overrides)
-    result = BENCHES[args.which](cfg, args.baseline)
+    baseline = "" if args.baseline == "none" else args.baseline
+    result = BENCHES[args.which](cfg, baseline)
     info = C.device_info()
     name = os.path.splitext(os.path.basename(args.config))[0]
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     record = {"bench": args.which, "config_name": name, "config_path": args.config, "overrides": list(args.overrides),
-              "baseline": args.baseline or None, "created_utc": now, "device": info, "versions": C.versions(),
+              "baseline": baseline or None, "created_utc": now, "device": info, "versions": C.versions(),
               **result, "config": cfg.to_dict()}
     path = os.path.join(args.out, f"{C.device_slug(info)}-{args.which}-{name}.json")
     write_json(path, record)

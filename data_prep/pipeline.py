@@ -59,10 +59,8 @@ def run_part(inp: PrepInputs, cfg, ctx: SampleContext | None, splits: dict[str, 
         ref_by_slide[s.slide_id].append(s)
 
     def slide_records():
-        from tqdm import tqdm
-        bar = tqdm(mine, desc=f"slides (part {part + 1}/{n})", unit="slide",
-                   disable=not (cfg.run.progress and sys.stderr.isatty()))
-        for it in bar:
+        from pathreasoner_jax.core.progress import track
+        for it in track(mine, f"slides (part {part + 1}/{n})", enabled=cfg.run.progress, unit="slide"):
             try:
                 ff = features_for(it, settings, get_encoder, feat_dir, force)
             except UserError as e:

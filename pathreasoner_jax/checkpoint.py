@@ -27,6 +27,7 @@ from flax import nnx
 
 from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.core.io import sha256_file, write_json
+from pathreasoner_jax.hf.record import RECORD_KEY, differences
 from pathreasoner_jax.metrics_log import warn0
 
 INTEGRITY = "integrity.json"
@@ -245,6 +246,18 @@ class Checkpointer:
                          "in the model")
         return "; ".join(parts)
 
+    def _check_recorded(self, step: int, model) -> None:
+        """A step that records the model it was built for (hf-import) must match `model`."""
+        try:
+            meta = dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        except Exception:  # noqa: BLE001 - no readable meta: the params checks below still apply
+            return
+        diff = differences(meta[RECORD_KEY], model) if isinstance(meta.get(RECORD_KEY), dict) else []
+        if diff:
+            raise CheckpointError(f"{self.directory}: step {step} was built for another model config "
+                                  f"({'; '.join(diff)}); use the config it was imported with, or re-run "
+                                  "hf-import with this one")
+
     def restore(self, model, opt_state: Any = None, step: Optional[int] = None):
         """Loads params into `model` in place; returns (opt_state or None, meta). Without
         `step`: the newest intact step."""
@@ -259,6 +272,7 @@ class Checkpointer:
             problem = self._check(step)
             if problem:
                 raise CheckpointError(f"{self.directory}: step {step} is damaged: {problem}")
+        self._check_recorded(step, model)
         template = nnx.to_pure_dict(nnx.state(model))
         mismatch = self._mismatch(step, template)
         if mismatch:

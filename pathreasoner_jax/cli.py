@@ -45,50 +45,76 @@ COMMANDS = {
     "eval": ("pathreasoner_jax.eval.cli:run_eval", "metrics on a held-out split"),
     "infer": ("pathreasoner_jax.eval.cli:run_infer", "answer + evidence map for one slide"),
     "hf-import": ("pathreasoner_jax.hf.cli:run_import", "local HF directory → orbax checkpoint"),
-    "hf-export": ("pathreasoner_jax.hf.cli:run_export", "checkpoint → HF directory (LoRA merged)"),
+    "hf-export": ("pathreasoner_jax.hf.cli:run_export", "checkpoint → HF directory (LoRA merged) + slide_encoder/"),
     "bench": ("benchmarks.cli:run_bench", "benchmarks against PyTorch baselines"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pathreasoner_jax import __version__
     parser = argparse.ArgumentParser(prog="pathreasoner", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"pathreasoner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == "features":
             p.add_argument("--slides", required=True, help="folder of slide files")
             p.add_argument("--out", required=True, help="output folder (h5 per slide + manifest.json)")
-            p.add_argument("--encoder", default="demo", help="demo | conch_v1")
+            p.add_argument("--encoder", default="demo", choices=["demo", "conch_v1"],
+                           help="patch encoder: demo (random, offline) or conch_v1 (needs --encoder-weights)")
             p.add_argument("--encoder-weights", default="", help="local weights for conch_v1")
             p.add_argument("--magnification", type=_number(float, 0, inclusive=False), default=20.0,
                            help="target magnification (> 0)")
             p.add_argument("--patch-size", type=_number(int, 16), default=256, help="patch side in pixels (>= 16)")
-            p.add_argument("--num-workers", type=_number(int, 1), default=1)
-            p.add_argument("--worker-index", type=_number(int, 0), default=0)
+            p.add_argument("--num-workers", type=_number(int, 1), default=1,
+                           help="split the slides into N disjoint parts (one per machine or array task)")
+            p.add_argument("--worker-index", type=_number(int, 0), default=0,
+                           help="which part this process does (0 … N-1)")
         elif name == "prepare":
             _config_args(p)
             p.add_argument("--num-workers", type=_number(int, 1), default=1, help="split the work into N disjoint parts")
             p.add_argument("--worker-index", type=_number(int, -1), default=-1, help="this part (-1: all, then merge)")
             p.add_argument("--merge", action="store_true", help="only merge the parts' manifests")
-            p.add_argument("--force", action="store_true")
+            p.add_argument("--force", action="store_true",
+                           help="redo finished parts and per-slide caches (calls the reasoning writer again)")
         elif name == "infer":
             _config_args(p)
-            p.add_argument("--slide", required=True, help="slide file or features .h5")
-            p.add_argument("--question", required=True)
-            p.add_argument("--out", default="", help="output folder (default runs/<name>/infer)")
+            p.add_argument("--slide", required=True,
+                           help="slide file (any OpenSlide format) or a features .h5/.csv; a feature file's "
+                                "source_path slide, when present, gives the thumbnail, mpp and crops")
+            p.add_argument("--question", required=True,
+                           help="the question about the slide, e.g. \"What is the diagnosis?\" (no <image> needed)")
+            p.add_argument("--out", default="",
+                           help="output folder for answer.json, report.html and its images "
+                                "(default runs/<name>/infer)")
+            p.add_argument("--strict", action="store_true",
+                           help="exit with code 2 when the completion has no usable <answer> span "
+                                "(the report is still written)")
         elif name == "hf-import":
-            _config_args(p, required=False)
-            p.add_argument("--hf-dir", required=True)
-            p.add_argument("--out", required=True, help="checkpoint directory to write")
+            p.add_argument("--config", default="", help="YAML config whose model section (slide encoder, projector, "
+                           "LoRA, tokenizer_path) the checkpoint is built for; default: the built-in defaults, "
+                           "recorded, so a training config that differs is refused at restore")
+            p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.lora.rank=16")
+            p.add_argument("--hf-dir", required=True, help="local Hugging Face Qwen2/Qwen2.5 folder (config.json, "
+                           "*.safetensors, tokenizer); becomes model.llm.hf_path")
+            p.add_argument("--out", required=True, help="orbax checkpoint directory to write (step 0); point "
+                           "sft.init_from at it")
         elif name == "hf-export":
-            _config_args(p)
-            p.add_argument("--checkpoint", default="", help="checkpoint dir (default: latest of the run)")
-            p.add_argument("--out", required=True)
+            p.add_argument("--config", required=True, help="YAML config of the run (its model section must "
+                           "match the checkpoint; the tokenizer comes from it)")
+            p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.name=demo")
+            p.add_argument("--checkpoint", default="", help="checkpoint directory to export (default: the "
+                           "run's final checkpoint)")
+            p.add_argument("--out", required=True, help="folder to write: an HF Qwen2 directory (LoRA merged, "
+                           "tokenizer, generation_config.json) plus slide_encoder/; replaces an earlier export")
+            p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                           help="dtype of the written weights (default float32)")
         elif name == "bench":
             p.add_argument("which", choices=["sft", "rollout", "rewards", "prep"])
             _config_args(p)
-            p.add_argument("--baseline", default="", choices=["", "torch"])
-            p.add_argument("--out", default="benchmarks/results")
+            p.add_argument("--baseline", default="none", choices=["none", "torch"],
+                           help="also run the PyTorch reference implementation on the same weights")
+            p.add_argument("--out", default="benchmarks/results", help="folder for the results JSON")
         else:
             _config_args(p)
             p.add_argument("--force", action="store_true", help="redo even if finished")

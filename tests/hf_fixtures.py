@@ -47,3 +47,26 @@ def padded_prompts(rng: np.random.Generator, left: bool):
         att[1, 7:] = 0
     ids[att == 0] = 0
     return ids, att
+
+
+TINY_TEMPLATE_MARK = "{# tiny-qwen #}"
+
+
+def make_tiny_tokenizer(out_dir: str, vocab_size: int = 280) -> None:
+    """A Qwen-like byte-level BPE with the chat tokens only (no `<image>` or format tags, as a
+    downloaded Qwen tokenizer), its own chat template, saved next to a `make_hf_qwen2` model
+    (280 + the 7 tags that `load_tokenizer` adds fit its 300 embeddings)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from pathreasoner_jax.tokenizer import CHAT_TOKENS, QWEN_CHAT_TEMPLATE
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHAT_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["the tumour shows glands, nuclei and mitoses in the stroma"] * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = QWEN_CHAT_TEMPLATE + TINY_TEMPLATE_MARK
+    fast.save_pretrained(out_dir)

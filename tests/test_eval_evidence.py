@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 
 from pathreasoner_jax.eval.evidence import (
-    blend_heatmap, cluster_drops, evidence_png_bytes, occlusion_scores, rasterize_patch_scores)
+    DIVERGING_CMAP, MAX_ALPHA, blend_heatmap, cluster_drops, evidence_png_bytes, occlusion_scores,
+    rasterize_patch_scores, signed_patch_evidence, symmetric_range, top_regions)
+from pathreasoner_jax.eval.report_images import thumbnail_crop_fn
 
 
 def test_occlusion_hand_computed():
@@ -45,13 +47,56 @@ def test_rasterize_hand_computed():
     assert heat[2, 1] == 7.0 and np.isfinite(heat).sum() == 1
 
 
-def test_blend_colours_and_keeps_uncovered_pixels():
-    thumb = np.full((2, 2, 3), 100, dtype=np.uint8)
-    heat = np.array([[1.0, np.nan], [0.5, np.nan]], dtype=np.float32)
-    out = np.asarray(blend_heatmap(thumb, heat, alpha=0.5, cmap="jet"))
-    assert out[0, 1].tolist() == [100, 100, 100] and out[1, 1].tolist() == [100, 100, 100]
-    # jet(1.0) = (0.5, 0, 0) → 0.5·100 + 0.5·127.5 = 113.75, 0.5·100 = 50
-    assert out[0, 0].tolist() == [114, 50, 50]
+def test_blend_signed_diverging_alpha_scales_with_evidence():
+    import matplotlib
+
+    cmap = matplotlib.colormaps[DIVERGING_CMAP]
+    thumb = np.full((2, 3, 3), 100, dtype=np.uint8)
+    heat = np.array([[2.0, np.nan, 0.0], [-1.0, np.nan, -2.0]], dtype=np.float32)
+    out = np.asarray(blend_heatmap(thumb, heat)).astype(float)  # vmax = max |heat| = 2
+    # uncovered pixels and evidence 0 keep the tissue exactly
+    for y, x in ((0, 1), (1, 1), (0, 2)):
+        assert out[y, x].tolist() == [100, 100, 100]
+
+    def expected(t, alpha):  # by hand: colour at 0.5 + t/2, opacity MAX_ALPHA·|t|
+        return np.round(100 * (1 - alpha) + np.asarray(cmap(0.5 + t / 2)[:3]) * 255 * alpha)
+    np.testing.assert_array_equal(out[0, 0], expected(1.0, MAX_ALPHA))       # +vmax: red end, full opacity
+    np.testing.assert_array_equal(out[1, 2], expected(-1.0, MAX_ALPHA))      # −vmax: blue end
+    np.testing.assert_array_equal(out[1, 0], expected(-0.5, MAX_ALPHA / 2))  # half-way: half the opacity
+    assert out[0, 0, 0] > out[0, 0, 2] and out[1, 2, 2] > out[1, 2, 0]
+    assert MAX_ALPHA < 0.6  # even the strongest evidence lets the tissue show through
+    # an explicit vmax clips beyond it; vmax 0 (no evidence at all) draws nothing
+    np.testing.assert_array_equal(np.asarray(blend_heatmap(thumb, heat, vmax=1.0))[1, 0], expected(-1.0, MAX_ALPHA))
+    assert np.asarray(blend_heatmap(thumb, np.zeros((2, 3)))).tolist() == thumb.tolist()
+
+
+def test_signed_patch_evidence_and_range():
+    cluster_ids = np.array([0, 0, 1, 2, 7])
+    np.testing.assert_allclose(signed_patch_evidence({0: 0.5, 1: -0.25, 2: 0.0}, cluster_ids),
+                               [0.5, 0.5, -0.25, 0.0, 0.0])
+    assert symmetric_range({0: 0.5, 1: -0.75, 2: float("nan")}) == 0.75 and symmetric_range({0: 0.0}) == 0.0
+
+
+def test_top_regions_hand_computed():
+    # 6 × 2 grid of 10-px patches; cluster 1 = columns 2–4 of both rows, cluster 0 = 0–1, 2 = 5
+    gy, gx = np.mgrid[0:2, 0:6]
+    coords = np.stack([gx.ravel() * 10, gy.ravel() * 10], 1)
+    clusters = np.where(gx.ravel() < 2, 0, np.where(gx.ravel() < 5, 1, 2))
+    regions = top_regions(coords, 10, clusters, {0: 0.25, 1: 0.75, 2: -1.0}, k=3, context=3, extent=(60, 20))
+    assert [(r.rank, r.cluster) for r in regions] == [(1, 1), (2, 0)]  # Δ < 0 is never "support"
+    r1, r2 = regions
+    assert (r1.drop, r1.share, r2.share) == (0.75, 0.75, 0.25)
+    # cluster 1: (30, 0) has all 5 mates within 15 px (the first such member); the window starts
+    # one patch before it, clipped at the slide's top edge
+    assert (r1.patch_x, r1.patch_y) == (30, 0) and (r1.x, r1.y, r1.w, r1.h) == (20, 0, 30, 30)
+    assert (r2.patch_x, r2.patch_y, r2.x, r2.y) == (0, 0, 0, 0)  # clipped at the slide's corner
+    assert top_regions(coords, 10, clusters, {0: 0.0, 1: -0.1, 2: -1.0}) == []
+
+
+def test_thumbnail_crop_is_the_box_over_downsample():
+    thumb = np.arange(40 * 30 * 3, dtype=np.uint32).reshape(30, 40, 3).astype(np.uint8)
+    crop = thumbnail_crop_fn(thumb, 2.0)(16, 8, 32, 32, 16)  # level-0 box → thumbnail (8, 4)–(24, 20)
+    np.testing.assert_array_equal(crop, thumb[4:20, 8:24])
 
 
 def synthetic_slide(seed=0):
@@ -99,3 +144,11 @@ def test_evidence_mass_lands_on_the_signal_region(noise):
     png = evidence_png_bytes(np.full((256, 256, 3), 230, np.uint8), coords, 256, ev, 16.0)
     img = Image.open(io.BytesIO(png))
     assert img.format == "PNG" and img.size == (256, 256)
+    # the signed drops put the signal cluster on top, and it is the reddest spot of the map
+    drops = cluster_drops(model, cluster_ids)
+    assert max(drops, key=drops.get) == 5
+    signed = np.asarray(Image.open(io.BytesIO(evidence_png_bytes(
+        np.full((256, 256, 3), 230, np.uint8), coords, 256, signed_patch_evidence(drops, cluster_ids), 16.0))))
+    redness = signed[..., 0].astype(int) - signed[..., 2]
+    y, x = np.unravel_index(np.argmax(redness), redness.shape)
+    assert 128 <= y < 256 and 64 <= x < 128

@@ -42,6 +42,18 @@ def test_groups_steps_and_bad_lines(tmp_path):
     assert sorted(os.listdir(out)) == sorted(f"{k}.png" for k in written)
 
 
+def test_trl_names_land_in_their_groups(tmp_path):
+    log = write_jsonl(tmp_path / "grpo.jsonl", [
+        {"step": 1, "loss": 0.1, "eval_loss": 0.2, "learning_rate": 1e-6, "grad_norm": 0.5, "tokens_per_s": 900.0,
+         "reward": 1.0, "reward_std": 0.3, "rewards/format/mean": 1.0, "kl": 0.01,
+         "completions/mean_length": 40.0, "completions/clipped_ratio": 0.25, "num_tokens": 123.0},
+    ])
+    groups = {g: set(v) for g, v in collect_series([log]).items()}
+    assert groups == {"loss": {"loss", "eval_loss"}, "lr": {"learning_rate"}, "grad_norm": {"grad_norm"},
+                      "throughput": {"tokens_per_s"}, "rewards": {"reward", "reward_std", "rewards/format/mean"},
+                      "kl": {"kl"}, "lengths": {"completions/mean_length"}}
+
+
 def test_empty_missing_and_partial_logs(tmp_path):
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     assert plot_training_curves(empty, str(tmp_path / "p")) == {}

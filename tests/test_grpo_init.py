@@ -1,5 +1,7 @@
 """Defect 2 of SPEC §7, fast: GRPO's policy (and its frozen reference) starts from the SFT
-checkpoint found through the run layout, not from a fresh initialisation."""
+checkpoint found through the run layout, not from a fresh initialisation. The same run's
+metrics log carries TRL's GRPOTrainer names."""
+import json
 import os
 
 import jax.numpy as jnp
@@ -42,3 +44,12 @@ def test_grpo_starts_from_the_sft_checkpoint_of_the_layout(tmp_path, monkeypatch
     a, b, c = _embed(sft), _embed(grpo), _embed(fresh)
     # one Adam step at lr 1e-7 moves a weight by ~1e-7; another initialisation by ~0.1
     assert float(np.abs(b - a).max()) < 1e-5 < 0.01 < float(np.abs(c - a).max())
+    with open(rt.layout.metrics("grpo")) as f:
+        rec = json.loads(f.readline())
+    trl = {"loss", "reward", "reward_std", "rewards/thirds/mean", "rewards/thirds/std", "learning_rate", "kl",
+           "entropy", "grad_norm", "frac_reward_zero_std", "completions/mean_length", "completions/min_length",
+           "completions/max_length", "completions/clipped_ratio", "clip_ratio/low_mean", "clip_ratio/high_mean",
+           "clip_ratio/region_mean"}
+    assert trl <= set(rec), sorted(trl - set(rec))
+    assert rec["learning_rate"] == 1e-7 and rec["reward"] == rec["rewards/thirds/mean"]
+    assert not any(k.startswith("reward/") or k.startswith("completion_length") for k in rec)

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 
 from hf_fixtures import make_hf_qwen2, padded_prompts, tiny_model_config
 from pathreasoner_jax.generate import SamplingParams, sample
-from pathreasoner_jax.hf.weights import export_llm, open_checkpoint_files
+from pathreasoner_jax.hf.export import export_llm
+from pathreasoner_jax.hf.weights import open_checkpoint_files
 from pathreasoner_jax.models.factory import create_model
 from pathreasoner_jax.models.qwen2 import positions_from_valid
 

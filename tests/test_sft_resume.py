@@ -120,7 +120,7 @@ def test_grpo_resume_repeats_the_straight_run(corpus, tmp_path):
         rt = setup(load_config(CFG, [f"run.root={root}", f"data.prep_dir={corpus}", "grpo.steps=3"]))
         train_grpo(rt, force=force, stop_after=stop_after)
         with open(os.path.join(root, "t", "metrics", "grpo.jsonl")) as f:
-            return {r["step"]: (r["loss"], r["reward/total_mean"]) for r in map(json.loads, f)}
+            return {r["step"]: (r["loss"], r["reward"]) for r in map(json.loads, f)}
 
     straight = grpo_losses(force=True)
     grpo_losses(stop_after=1, force=True)  # stops after step 1 (checkpoint_every=1)

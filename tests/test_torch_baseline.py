@@ -11,13 +11,13 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from benchmarks.torch_baseline.longnet import LongNet as TorchLongNet  # noqa: E402
 from benchmarks.torch_baseline.rollout import reference_rollout  # noqa: E402
 from benchmarks.torch_baseline.sft import make_torch_sft, to_torch_batch  # noqa: E402
 from benchmarks.torch_baseline.transfer import module_state_dict, torch_vlm_from_ours  # noqa: E402
 from benchmarks.torch_baseline.vlm import sft_loss as torch_sft_loss  # noqa: E402
 from pathreasoner_jax.config import SFTConfig, SlideEncoderConfig  # noqa: E402
 from pathreasoner_jax.generate import SamplingParams, sample  # noqa: E402
+from pathreasoner_jax.hf.torch_longnet import LongNet as TorchLongNet  # noqa: E402
 from pathreasoner_jax.models.factory import create_model  # noqa: E402
 from pathreasoner_jax.models.layers import Ctx  # noqa: E402
 from pathreasoner_jax.models.longnet import LongNet  # noqa: E402

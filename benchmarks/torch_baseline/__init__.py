@@ -1,9 +1,10 @@
 """The same architecture in PyTorch, as the reference runs it, for `pathreasoner bench --baseline torch`.
 
-- `longnet`: LongNet with dilated attention and the projector, written from SPEC §3
-  (PyPI torchscale 0.3.0 has no LongNet), same conventions as our JAX version.
-- `vlm`: HF transformers `Qwen2ForCausalLM` with the slide tokens spliced in at the
-  `<image>` slots exactly as `PathVLM` does, and the SFT loss.
+- the model itself is the library's PyTorch VLM (`pathreasoner_jax.hf.torch_vlm`: HF
+  `Qwen2ForCausalLM` + LongNet (`hf.torch_longnet`, from SPEC §3; PyPI torchscale 0.3.0
+  has no LongNet) + projector, spliced exactly as `PathVLM` does), which also loads
+  hf-export directories;
+- `vlm`: the SFT loss on it.
 - `lora`: LoRA adapters on nn.Linear (what peft's LoRA layer computes).
 - `transfer`: a PathVLM's weights copied into the torch model (for parity tests and
   for benchmarking both sides on identical weights).

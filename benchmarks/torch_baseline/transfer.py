@@ -4,8 +4,8 @@ The LLM goes through the HF name mapping of `pathreasoner_jax.hf.weights` (the o
 `export_llm` writes with) straight into a state dict in memory, not through an exported
 directory: at 7B a disk round trip costs tens of GB, and LoRA adapters stay separate
 (export merges them) so the baseline trains the same adapters as we do.
-LongNet/projector transfer by name: `kernel` (in, out) → `weight` (out, in), LayerNorm
-`scale` → `weight`, `bias` → `bias`.
+LongNet/projector transfer by name with the renaming hf-export writes them with
+(`pathreasoner_jax.hf.export.torch_named_arrays`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import torch
 from flax import nnx
 
 from benchmarks.torch_baseline.lora import apply_lora
-from benchmarks.torch_baseline.vlm import TorchVLM
+from pathreasoner_jax.hf.export import torch_named_arrays
+from pathreasoner_jax.hf.torch_vlm import TorchVLM
 from pathreasoner_jax.hf.weights import hf_config_dict, hf_name_to_path, llm_param_names
 
 
@@ -41,14 +42,8 @@ def llm_state_dict(our_llm, llm_cfg) -> dict[str, torch.Tensor]:
 
 
 def module_state_dict(our_module, prefix: str) -> dict[str, torch.Tensor]:
-    """nnx Linear/LayerNorm leaves → torch names under `prefix` (kernels transposed)."""
-    rename = {"kernel": "weight", "scale": "weight", "bias": "bias"}
-    out = {}
-    for path, var in nnx.to_flat_state(nnx.state(our_module, nnx.Param)):
-        arr = _host(var.get_value())
-        name = prefix + ".".join(str(p) for p in path[:-1]) + "." + rename[path[-1]]
-        out[name] = torch.from_numpy(np.ascontiguousarray(arr.T if path[-1] == "kernel" else arr))
-    return out
+    """nnx Linear/LayerNorm leaves → fp32 torch tensors under `prefix` (kernels transposed)."""
+    return {k: torch.from_numpy(np.array(v, np.float32)) for k, v in torch_named_arrays(our_module, prefix).items()}
 
 
 def lora_state_dict(our_llm, prefix: str = "llm.model.") -> dict[str, torch.Tensor]:

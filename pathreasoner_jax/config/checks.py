@@ -156,6 +156,7 @@ RULES: dict = {
     "sft.prior_tau": above(0, why="a softmax temperature"),
     "sft.prior_eps": prob,
     "sft.checkpoint_every": count,
+    "sft.eval_every": at_least(0, why="0: no validation loss"),
     "sft.keep_last": count,
     "sft.max_nonfinite_steps": at_least(0, why="0: the first non-finite step stops the stage"),
     # ---------------------------------------------------------------- grpo

@@ -142,6 +142,7 @@ class SFTConfig:
     prior_eps: float = 0.02
     prior_path: str = ""  # "" : runs/<name>/prior.npz
     checkpoint_every: int = 100
+    eval_every: int = 100  # steps between validation losses on the val split (0: none)
     keep_last: int = 3
     init_from: str = ""
     max_nonfinite_steps: int = 3  # consecutive skipped (non-finite) steps tolerated; one more stops the stage

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.config import load_config
@@ -41,6 +42,11 @@ def run_infer(args) -> int:
     rt = setup(load_config(args.config, args.overrides))
     out_dir = args.out or rt.layout.infer_dir
     result = infer(rt, args.slide, args.question, out_dir)
+    report = os.path.join(out_dir, "report.html")
     print(f"answer: {result['answer']}")
-    print(f"infer: {os.path.join(out_dir, 'answer.json')}, report {os.path.join(out_dir, 'report.html')}")
+    print(f"infer: {os.path.join(out_dir, 'answer.json')}, report {report}")
+    if not result.get("answer_ok", True):
+        print(f"infer: warning: no valid answer: {result.get('answer_problem', '')} (see {report})", file=sys.stderr)
+        if getattr(args, "strict", False):
+            raise UserError(f"--strict: no valid answer ({result.get('answer_problem', '')})")
     return 0

@@ -8,16 +8,27 @@ gone, not a local linearisation that saturates through softmax/attention; (2) it
 (3) clusters are morphologically coherent regions, which is the granularity a pathologist
 reads. Its resolution is the cluster, not the patch.
 
+The report shows the signed drop Δ_c itself (nats of the entity's log-likelihood): Δ > 0 means
+hiding the cluster lowers the model's support (the region supports the entity), Δ < 0 that
+hiding it raises it (the region speaks against). It is drawn in a diverging colour map centred
+at 0 whose opacity grows with |Δ|, so the tissue stays visible where evidence is weak.
+
 Everything here is pure numpy/pillow; the model-specific `score_fn` comes from the caller.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
 Downsample = Union[float, Sequence[float]]
+
+# Moreland's cool-warm: a diverging map built in a perceptual colour space (CIELAB/Msh), with
+# equal lightness at both ends and a light neutral grey at 0 (blue = against, red = supports).
+DIVERGING_CMAP = "coolwarm"
+MAX_ALPHA = 0.55  # opacity at |Δ| = vmax (tissue still shows through); lower |Δ| fades linearly to none
 
 
 # ---------------------------------------------------------------- occlusion
@@ -97,35 +108,122 @@ def rasterize_patch_scores(coords: np.ndarray, patch_size: float, scores: np.nda
     return heat.astype(np.float32)
 
 
-def blend_heatmap(thumbnail: Union[Image.Image, np.ndarray], heat: np.ndarray, *,
-                  alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
-    """Overlay a (H, W) heat grid (NaN = no tissue) on the thumbnail → RGB image (W×H).
-    Heat is scaled to [0, 1] by its maximum, coloured with a matplotlib colormap, and
-    alpha-blended where defined; uncovered pixels show the thumbnail unchanged."""
+def signed_patch_evidence(drops: dict[int, float], cluster_ids: np.ndarray) -> np.ndarray:
+    """(N,) float32: the signed drop Δ (nats) of each patch's cluster; 0 for unknown clusters."""
+    cluster_ids = np.asarray(cluster_ids)
+    out = np.zeros(cluster_ids.shape, dtype=np.float32)
+    for c, d in drops.items():
+        out[cluster_ids == c] = d
+    return out
+
+
+def symmetric_range(drops: dict[int, float]) -> float:
+    """vmax of the colour scale ±vmax: the largest |Δ|; 0 when every Δ is 0 (no evidence)."""
+    finite = [abs(d) for d in drops.values() if np.isfinite(d)]
+    return float(max(finite, default=0.0))
+
+
+def diverging_rgba(values: np.ndarray, vmax: float, cmap: str = DIVERGING_CMAP,
+                   max_alpha: float = MAX_ALPHA) -> np.ndarray:
+    """values (...) signed → (..., 4) float: RGB in [0, 255] from `cmap` at 0.5 + v/(2·vmax)
+    (0 → the map's neutral centre cmap(0.5)), alpha = max_alpha·|v|/vmax in [0, max_alpha].
+    NaN (no patch) and vmax = 0 give alpha 0."""
     import matplotlib
 
-    base = thumbnail if isinstance(thumbnail, Image.Image) else Image.fromarray(np.asarray(thumbnail, dtype=np.uint8))
-    base = base.convert("RGB")
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    t = np.clip(np.where(finite, v, 0.0) / vmax, -1.0, 1.0) if vmax > 0 else np.zeros_like(v)
+    rgba = np.asarray(matplotlib.colormaps[cmap](0.5 + 0.5 * t), dtype=np.float64)
+    rgba[..., :3] *= 255.0
+    rgba[..., 3] = np.where(finite, max_alpha * np.abs(t), 0.0)
+    return rgba
+
+
+def _as_rgb(image: Union[Image.Image, np.ndarray]) -> Image.Image:
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    return img.convert("RGB")
+
+
+def blend_heatmap(thumbnail: Union[Image.Image, np.ndarray], heat: np.ndarray, *, vmax: Optional[float] = None,
+                  cmap: str = DIVERGING_CMAP, max_alpha: float = MAX_ALPHA) -> Image.Image:
+    """Overlay a signed (H, W) heat grid (NaN = no patch) on the thumbnail → RGB image (W×H).
+    vmax: the colour scale is ±vmax (default max |heat|). Opacity scales with |heat|/vmax
+    (see `diverging_rgba`): weak evidence leaves the tissue as it is, not a flat wash."""
+    base = _as_rgb(thumbnail)
     heat = np.asarray(heat, dtype=np.float32)
     if heat.shape != (base.height, base.width):
         raise ValueError(f"heat {heat.shape} does not match the thumbnail (H, W) = {(base.height, base.width)}")
-    covered = np.isfinite(heat)
-    peak = float(np.nanmax(heat)) if covered.any() else 0.0
-    norm = np.where(covered, heat, 0.0) / peak if peak > 0 else np.zeros_like(heat)
-    colours = matplotlib.colormaps[cmap](np.clip(norm, 0.0, 1.0))[..., :3] * 255.0
-    rgb = np.asarray(base, dtype=np.float32)
-    a = np.where(covered, alpha, 0.0)[..., None]
-    return Image.fromarray(np.round(rgb * (1 - a) + colours * a).astype(np.uint8), "RGB")
+    if vmax is None:
+        vmax = float(np.nanmax(np.abs(heat))) if np.isfinite(heat).any() else 0.0
+    rgba = diverging_rgba(heat, vmax, cmap, max_alpha)
+    a = rgba[..., 3:4]
+    rgb = np.asarray(base, dtype=np.float64)
+    return Image.fromarray(np.round(rgb * (1 - a) + rgba[..., :3] * a).astype(np.uint8), "RGB")
 
 
 def evidence_png_bytes(thumbnail: Union[Image.Image, np.ndarray], coords: np.ndarray, patch_size: float,
-                       scores: np.ndarray, downsample: Downsample, *, alpha: float = 0.5,
-                       cmap: str = "jet") -> bytes:
-    """Rasterise + blend + encode: the PNG bytes of one entity's evidence map."""
+                       scores: np.ndarray, downsample: Downsample, *, vmax: Optional[float] = None,
+                       cmap: str = DIVERGING_CMAP) -> bytes:
+    """Rasterise + blend + encode: the PNG bytes of one entity's evidence map.
+    scores: (N,) signed per-patch evidence (e.g. `signed_patch_evidence`)."""
     import io
 
-    base = thumbnail if isinstance(thumbnail, Image.Image) else Image.fromarray(np.asarray(thumbnail, dtype=np.uint8))
+    base = _as_rgb(thumbnail)
     heat = rasterize_patch_scores(coords, patch_size, scores, base.size, downsample)
     buf = io.BytesIO()
-    blend_heatmap(base, heat, alpha=alpha, cmap=cmap).save(buf, format="PNG")
+    blend_heatmap(base, heat, vmax=vmax, cmap=cmap).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------- top regions
+
+@dataclass
+class Region:
+    """One top evidence region: a window of `context`² patches (level-0 box x, y, w, h) around
+    the most typical patch (patch_x, patch_y, side patch_size) of a supporting cluster."""
+    rank: int
+    cluster: int
+    drop: float      # Δ of the cluster, nats (> 0: supports)
+    share: float     # Δ over the sum of positive Δ: the cluster's share of the support
+    x: int
+    y: int
+    w: int
+    h: int
+    patch_x: int
+    patch_y: int
+    patch_size: int
+    crop: object = None  # the zoomed image, set by the caller (ImageLike)
+
+
+def _typical_patch(coords: np.ndarray, patch_size: float, limit: int = 2000) -> int:
+    """Index of the member with the most cluster-mates within 1.5 patch sides (the densest
+    spot of a cluster that may be scattered); at most `limit` candidates, evenly spaced."""
+    cand = np.linspace(0, len(coords) - 1, min(len(coords), limit)).astype(int)
+    d = np.abs(coords[cand, None, :] - coords[None, :, :]).max(-1)  # Chebyshev, (C, N)
+    return int(cand[np.argmax((d <= 1.5 * patch_size).sum(1))])
+
+
+def top_regions(coords: np.ndarray, patch_size: float, cluster_ids: np.ndarray, drops: dict[int, float],
+                k: int = 3, context: int = 3, extent: Optional[tuple[int, int]] = None) -> list[Region]:
+    """The k clusters with the largest positive Δ, each as a Region (best first).
+
+    coords: (N, 2) level-0 top-left corners; cluster_ids: (N,); drops: {cluster: Δ}.
+    context: window side in patches; extent: level-0 (width, height) to keep windows inside.
+    Clusters with Δ ≤ 0 are never shown as support: fewer than k regions, or none, may return.
+    """
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    cluster_ids = np.asarray(cluster_ids)
+    total = sum(d for d in drops.values() if d > 0)
+    ranked = sorted((c for c, d in drops.items() if d > 0 and (cluster_ids == c).any()), key=lambda c: -drops[c])
+    side = int(round(context * patch_size))
+    regions = []
+    for rank, c in enumerate(ranked[:k], start=1):
+        members = coords[cluster_ids == c]
+        px, py = members[_typical_patch(members, patch_size)]
+        x = int(round(px - (context - 1) / 2 * patch_size))
+        y = int(round(py - (context - 1) / 2 * patch_size))
+        if extent is not None:
+            x, y = min(x, int(extent[0]) - side), min(y, int(extent[1]) - side)
+        regions.append(Region(rank, int(c), float(drops[c]), float(drops[c] / total), max(x, 0), max(y, 0),
+                              side, side, int(px), int(py), int(round(patch_size))))
+    return regions

@@ -1,7 +1,7 @@
 """PNG training curves from a run's JSONL logs (`runs/<name>/metrics/*.jsonl`).
 
-One figure per group — loss, learning rate, reward components, KL, completion lengths —
-with one line per numeric key of that group. Keys are grouped by name, so the plots follow
+One figure per group — loss (and eval_loss), learning rate, reward components, KL,
+gradient norm, throughput, completion lengths — with one line per numeric key of that group. Keys are grouped by name, so the plots follow
 whatever the trainers log ("loss", "sft/loss", "reward/format", "kl", "completion_length" …).
 Missing keys, empty files, non-numeric values and broken lines (a run killed mid-write) are
 skipped. Uses matplotlib's Agg canvas directly (no pyplot, no global backend switch).
@@ -30,6 +30,8 @@ def _token(word: str) -> str:
 # (group, title, y label, regex on the lowercased key) — a key goes to the first group it matches.
 GROUPS = (
     ("lr", "Learning rate", "lr", re.compile(_token("lr") + "|learning_rate")),
+    ("grad_norm", "Gradient norm (before clipping)", "global L2 norm", re.compile(r"grad_norm")),
+    ("throughput", "Throughput", "tokens / s", re.compile(r"tokens_per_s")),
     ("rewards", "Reward components", "reward", re.compile(r"reward|advantage")),
     ("kl", "KL to the reference model", "KL", re.compile(_token("kl") + "|kl_div")),
     ("lengths", "Completion lengths", "tokens", re.compile(r"length|" + _token("len"))),
@@ -105,7 +107,7 @@ def _figure_png(title: str, ylabel: str, lines: dict[str, tuple[list, list]]) ->
 
 
 def plot_training_curves(logs: Union[str, Iterable[str]], out_dir: str) -> dict[str, str]:
-    """Write `<out_dir>/<group>.png` for each group with data (loss, lr, rewards, kl, lengths).
+    """Write `<out_dir>/<group>.png` for each group with data (see GROUPS).
 
     logs: a folder (its *.jsonl files), one JSONL path, or several paths; missing paths are
       skipped. Returns {group: png path}; {} when there is nothing to plot.

@@ -4,73 +4,64 @@ the `metrics.md` / `metrics.json` of `pathreasoner eval`.
 `report.html` opens offline: it references only files in its own folder (relative, URL-
 quoted names) or embeds images as `data:` URIs; no scripts, no fonts, no network. Every
 piece of text is HTML-escaped. All files are written atomically (temp name + os.replace).
+The page: research-use disclaimer, question, answer (a warning box when the completion has
+no usable <answer> span), thumbnail with a µm scale bar, reasoning with linked KG entities,
+evidence maps (report_evidence.py), provenance, raw completion, version + UTC time footer.
 """
 from __future__ import annotations
 
-import base64
+import datetime
 import html
-import io
 import math
 import os
 import re
-import shutil
-import urllib.parse
-from typing import Any, Mapping, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 
 import numpy as np
-from PIL import Image
 
-from pathreasoner_jax.core.io import atomic_path, write_bytes, write_json, write_text
+from pathreasoner_jax.core.io import write_json, write_text
 from pathreasoner_jax.eval.entities import as_lexicon
 from pathreasoner_jax.eval.metrics import METRIC_KEYS
-from pathreasoner_jax.text.spans import extract_answer, extract_span, full_text
+from pathreasoner_jax.eval.report_evidence import entity_slug, evidence_section, scale_note, scaled_figure
+from pathreasoner_jax.eval.report_images import (
+    EntityEvidence, ImageLike, colorbar_image, image_size, place_image, scale_bar)
+from pathreasoner_jax.text.spans import extract_answer, extract_span, full_text, strip_end_tokens
 
-ImageLike = Union[str, bytes, Image.Image, np.ndarray]
+__all__ = ["write_report", "write_metrics_md", "write_metrics_json", "entity_slug", "answer_status",
+           "AnswerStatus", "clean_question", "DISCLAIMER"]
 
-__all__ = ["write_report", "write_metrics_md", "write_metrics_json", "entity_slug"]
-
-
-def entity_slug(name: str) -> str:
-    """A file- and anchor-safe name for an entity: "Lung adenocarcinoma" → "lung-adenocarcinoma"."""
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return slug or "entity"
-
-
-# ---------------------------------------------------------------- images
-
-def _png_bytes(image: Union[bytes, Image.Image, np.ndarray]) -> bytes:
-    if isinstance(image, bytes):
-        return image
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+DISCLAIMER = "For research use only; not for clinical diagnosis."
+_IMAGE_TOKEN = re.compile(r"[ \t]*<image>[ \t]*")
 
 
-def _place_image(image: ImageLike, out_dir: str, default_name: str, embed: bool) -> str:
-    """Return the `src` for an image: a data: URI (embed), or a URL-quoted file name in
-    `out_dir` (a file elsewhere is copied in; an in-memory image is written as PNG)."""
-    if isinstance(image, str):
-        if not os.path.isfile(image):
-            raise FileNotFoundError(f"report image not found: {image}")
-        if embed:
-            mime = "image/png" if image.lower().endswith(".png") else "image/jpeg"
-            with open(image, "rb") as f:
-                return f"data:{mime};base64,{base64.b64encode(f.read()).decode('ascii')}"
-        name = os.path.basename(image)
-        if os.path.abspath(os.path.dirname(image)) != os.path.abspath(out_dir):
-            # Copied under our own name: two source folders may both hold a "heatmap.png".
-            name = os.path.splitext(default_name)[0] + os.path.splitext(image)[1].lower()
-            target = os.path.join(out_dir, name)
-            with atomic_path(target) as tmp:
-                shutil.copyfile(image, tmp)
-        return urllib.parse.quote(name)
-    data = _png_bytes(image)
-    if embed:
-        return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    write_bytes(os.path.join(out_dir, default_name), data)
-    return urllib.parse.quote(default_name)
+def clean_question(question: str) -> str:
+    """The question as the user wrote it: the model's `<image>` placeholder removed."""
+    return re.sub(r"\n{3,}", "\n\n", _IMAGE_TOKEN.sub(" ", question)).strip()
+
+
+@dataclass(frozen=True)
+class AnswerStatus:
+    """ok: a non-empty <answer>…</answer> span; otherwise `problem` says what is wrong and
+    `text` is what can still be shown (the partial answer, or "")."""
+    ok: bool
+    text: str
+    problem: str = ""
+
+
+def answer_status(completion: str) -> AnswerStatus:
+    """Classify a completion's answer: complete and non-empty, empty, cut off, or missing."""
+    text = strip_end_tokens(completion)
+    span = extract_span(text, "answer")
+    if span:
+        return AnswerStatus(True, span)
+    if span is not None:
+        return AnswerStatus(False, "", "the <answer></answer> span is empty")
+    if "<answer>" in text:
+        return AnswerStatus(False, extract_answer(text), "the completion stops inside <answer> (no </answer>)")
+    if not full_text(text):
+        return AnswerStatus(False, "", "the completion is empty")
+    return AnswerStatus(False, "", "the completion has no <answer>…</answer> span")
 
 
 # ---------------------------------------------------------------- reasoning with entities
@@ -93,67 +84,107 @@ def _highlight(text: str, lexicon, linked: set) -> str:
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em}h3{font-size:1.05em}
+.disclaimer{background:#fff4e5;border:1px solid #e0a040;padding:.4em .8em;font-weight:600}
 .answer{font-size:1.15em;background:#eef6ee;border-left:4px solid #3a3;padding:.6em 1em}
-.span{white-space:pre-wrap;line-height:1.5}
+.answer.warn{background:#fff1f0;border-left-color:#c0392b}.warn-text{color:#a33}
+.span{white-space:pre-wrap;line-height:1.5}.note{color:#555;font-size:.9em}
 mark.entity{background:#ffe8a3;padding:0 .15em;border-radius:3px}mark.entity a{color:inherit}
-figure{display:inline-block;margin:.5em;vertical-align:top}figure img{max-width:480px;border:1px solid #ccc}
-table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+figure{display:inline-block;margin:.5em;vertical-align:top}figcaption{font-size:.85em;color:#444;max-width:480px}
+.scaled{position:relative;max-width:100%}.scaled img{display:block;width:100%;height:auto;border:1px solid #ccc}
+.scalebar{position:absolute;left:10px;bottom:10px;height:5px;background:#000;outline:2px solid #fff}
+.scalebar span{position:absolute;left:0;bottom:8px;white-space:nowrap;font-size:12px;background:rgba(255,255,255,.85);padding:0 3px}
+.colorbar{width:320px;margin:.3em .5em}.colorbar img{display:block;width:100%;height:14px;border:1px solid #999}
+.cb-labels{display:flex;justify-content:space-between;font-size:.8em}.cb-unit{text-align:center;font-size:.8em;color:#555}
+.pos{color:#b40426}.neg{color:#3b4cc0}.crops{display:flex;flex-wrap:wrap}figure.crop figcaption{max-width:256px}
+table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}td.num{text-align:right}
 pre{white-space:pre-wrap;background:#f6f6f6;padding:.6em}
+footer{margin-top:2em;border-top:1px solid #ddd;padding-top:.5em;font-size:.85em;color:#555}
 """
+
+
+def _answer_html(status: AnswerStatus) -> str:
+    if status.ok:
+        return f'<p class="answer">{html.escape(status.text)}</p>'
+    partial = f"<br>Partial answer: {html.escape(status.text)}" if status.text else ""
+    return (f'<div class="answer warn" role="alert"><strong>No valid answer</strong>: '
+            f"{html.escape(status.problem)}.{partial}</div>")
+
+
+def _reasoning_html(completion: str, lex, linked: set) -> list[str]:
+    """One "Reasoning" heading; the <observe> and <think> spans under their own names."""
+    observe, think = extract_span(completion, "observe"), extract_span(completion, "think")
+    if observe is None and think is None:
+        think = full_text(completion)
+    out = ["<h2>Reasoning</h2>"]
+    for label, span in (("Findings (observe)", observe), ("Interpretation (think)", think)):
+        if span is not None:
+            out.append(f'<h3>{label}</h3><p class="span">{_highlight(span, lex, linked)}</p>')
+    return out
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("pathreasoner-jax")
+    except Exception:  # not installed as a distribution (a source checkout on sys.path)
+        from pathreasoner_jax import __version__
+        return __version__
+
+
+def _footer(generated_at: Optional[str]) -> str:
+    when = generated_at or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return (f'<footer>PathReasoner-JAX <span class="version">{html.escape(_version())}</span> · generated '
+            f'<time datetime="{html.escape(when)}">{html.escape(when)}</time> · '
+            f'<span class="disclaimer-text">{html.escape(DISCLAIMER)}</span></footer>')
 
 
 def write_report(out_dir: str, *, question: str, completion: str, answer: Optional[str] = None,
                  thumbnail: Optional[ImageLike] = None,
-                 heatmaps: Optional[Mapping[str, ImageLike]] = None,
+                 evidence: Optional[Mapping[str, EntityEvidence]] = None,
+                 mpp: Optional[float] = None, downsample: float = 1.0,
                  lexicon=None, provenance: Optional[Mapping[str, Any]] = None,
-                 title: str = "PathReasoner report", embed_images: bool = False) -> str:
+                 title: str = "PathReasoner report", embed_images: bool = False,
+                 generated_at: Optional[str] = None) -> str:
     """Write `out_dir/report.html` and return its path.
 
     question / completion: the user's question and the model's decoded completion (tags kept).
-    answer: shown as the answer; default `extract_answer(completion)`.
+    answer: shown as the answer instead of the completion's <answer> span ("" = no answer).
     thumbnail: slide thumbnail (file path, PNG bytes, PIL image or (H, W, 3) uint8 array).
-    heatmaps: {canonical entity name: image like `thumbnail`} — one evidence map per entity.
+    evidence: {canonical entity name: EntityEvidence} (report_images.build_entity_evidence).
+    mpp: the slide's µm per level-0 pixel (None: unknown → no scale bar, said on the page);
+    downsample: level-0 pixels per thumbnail (and overlay) pixel.
     lexicon: `EntityLexicon` or entries, to highlight KG entities in the reasoning.
     provenance: {label: value} — model, checkpoint, config, data, slide, versions …
     embed_images: embed images as data: URIs instead of files next to report.html.
+    generated_at: footer time (default: now, UTC ISO 8601).
     Images given as files outside `out_dir` are copied into it (only relative names are used).
     """
     os.makedirs(out_dir, exist_ok=True)
-    lex = as_lexicon(lexicon)
-    heatmaps = dict(heatmaps or {})
+    evidence = dict(evidence or {})
     esc = html.escape
+    status = answer_status(completion) if answer is None else AnswerStatus(
+        bool(answer.strip()), answer.strip(), "" if answer.strip() else "the answer is empty")
 
-    observe, think = extract_span(completion, "observe"), extract_span(completion, "think")
-    if observe is None and think is None:
-        think = full_text(completion)
-    answer = extract_answer(completion) if answer is None else answer
+    def place(image, name: str) -> str:
+        return place_image(image, out_dir, name, embed_images)
 
-    body = [f"<h1>{esc(title)}</h1>", "<h2>Question</h2>", f'<p class="span">{esc(question)}</p>',
-            "<h2>Answer</h2>", f'<p class="answer">{esc(answer)}</p>']
+    body = [f"<h1>{esc(title)}</h1>", f'<p class="disclaimer" id="disclaimer">{esc(DISCLAIMER)}</p>',
+            "<h2>Question</h2>", f'<p class="span">{esc(clean_question(question))}</p>',
+            "<h2>Answer</h2>", _answer_html(status)]
     if thumbnail is not None:
-        src = _place_image(thumbnail, out_dir, "thumbnail.png", embed_images)
-        body += ["<h2>Slide</h2>", f'<figure><img src="{esc(src)}" alt="slide thumbnail">'
-                                   "<figcaption>Slide thumbnail</figcaption></figure>"]
-    body.append("<h2>Reasoning</h2>")
-    for label, span in (("Observation", observe), ("Reasoning", think)):
-        if span is not None:
-            body.append(f'<h3>{label}</h3><p class="span">{_highlight(span, lex, set(heatmaps))}</p>')
-
-    if heatmaps:
-        body.append("<h2>Evidence maps</h2><p>Share of the model's support for each entity that "
-                    "each region carries (occlusion of pseudo-bag clusters); red = most.</p>")
-        for name, image in heatmaps.items():
-            slug = entity_slug(name)
-            src = _place_image(image, out_dir, f"evidence_{slug}.png", embed_images)
-            body.append(f'<figure id="ev-{slug}"><img src="{esc(src)}" alt="{esc(name, quote=True)}">'
-                        f"<figcaption>{esc(name)}</figcaption></figure>")
-
+        width = image_size(thumbnail)[0]
+        body += ["<h2>Slide</h2>", scaled_figure(place(thumbnail, "thumbnail.png"), "slide thumbnail",
+                                                 "Slide thumbnail", scale_bar(mpp, downsample, width), 480),
+                 scale_note(mpp)]
+    body += _reasoning_html(completion, as_lexicon(lexicon), set(evidence))
+    if evidence:
+        body += evidence_section(evidence, place, place(colorbar_image(), "colorbar.png"), mpp, downsample)
     if provenance:
         rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in provenance.items())
         body.append(f"<h2>Provenance</h2><table>{rows}</table>")
     body.append(f"<h2>Raw completion</h2><details><summary>show</summary><pre>{esc(completion)}</pre></details>")
-
+    body.append(_footer(generated_at))
     page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")

@@ -14,7 +14,6 @@ import os
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from pathreasoner_jax.checkpoint import restore_params
 from pathreasoner_jax.core.errors import UserError
@@ -34,7 +33,7 @@ def generate(rt: Runtime, model, builder: PromptBuilder, rows, slide_ids, max_ne
     their total rewards. Sampling keys are fixed, so reruns give the same numbers."""
     params = params or SamplingParams(max_new_tokens=max_new, greedy=True)
     texts, rewards = [], []
-    for i in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not rt.cfg.run.progress):
+    for i in track(range(0, len(rows), batch_size), desc, enabled=rt.cfg.run.progress, unit="batch"):
         chunk, sids = rows[i:i + batch_size], slide_ids[i:i + batch_size]
         n = len(chunk)
         chunk = chunk + [chunk[-1]] * (batch_size - n)  # one compiled shape

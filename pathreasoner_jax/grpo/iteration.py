@@ -8,6 +8,11 @@ Non-finite rewards (after shaping and the KL fold) take their whole group out of
 update (advantage 0, tokens masked; counted in `nonfinite_rewards`); when every group
 is out, the update is skipped (params and optimizer state unchanged, `skipped` = 1), as
 is any update whose loss or gradients are not finite (grpo/step.py).
+
+Metric names follow TRL's GRPOTrainer: `reward`, `reward_std`, `rewards/<name>/mean|std`,
+`completions/{mean,min,max}_length`, `completions/clipped_ratio` (truncated share),
+`clip_ratio/{low,high,region}_mean`, `kl`, `entropy`, `frac_reward_zero_std`; the
+trainer adds `learning_rate`. `first_epoch/…` is the first inner epoch (ratio exactly 1).
 """
 from __future__ import annotations
 
@@ -110,15 +115,31 @@ def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int
                     "nonfinite_rewards": jnp.sum(bad_rows)})
     for name, r in rewards.items():  # over the finite rewards
         r = jnp.where(jnp.isfinite(r), r, jnp.nan)
-        metrics[f"reward/{name}_mean"] = jnp.nanmean(r)
-        metrics[f"reward/{name}_std"] = jnp.nanstd(r, ddof=1) if r.shape[0] > 1 else 0.0
+        mean, std = jnp.nanmean(r), (jnp.nanstd(r, ddof=1) if r.shape[0] > 1 else 0.0)
+        if name == "total":
+            metrics.update({"reward": mean, "reward_std": std})
+        else:
+            metrics.update({f"rewards/{name}/mean": mean, f"rewards/{name}/std": std})
     lengths = rollout["lengths"].astype(jnp.float32)
     metrics.update({"frac_reward_zero_std": n_flat / (total.shape[0] // g), "sampling_tries": tries,
-                    "completion_length_mean": jnp.mean(lengths), "completion_length_min": jnp.min(lengths),
-                    "completion_length_max": jnp.max(lengths),
-                    "truncated_frac": jnp.mean(rollout["truncated"].astype(jnp.float32)),
-                    "reward_total_with_shaping_mean": jnp.sum(total) / jnp.maximum(jnp.sum(~bad_rows), 1)})
-    return state, {k: float(v) for k, v in metrics.items()}
+                    "completions/mean_length": jnp.mean(lengths), "completions/min_length": jnp.min(lengths),
+                    "completions/max_length": jnp.max(lengths),
+                    "completions/clipped_ratio": jnp.mean(rollout["truncated"].astype(jnp.float32)),
+                    "reward_with_shaping": jnp.sum(total) / jnp.maximum(jnp.sum(~bad_rows), 1)})
+    return state, {trl_name(k): float(v) for k, v in metrics.items()}
+
+
+# the update's own names → TRL's GRPOTrainer names (the rest already match: loss, kl,
+# entropy, grad_norm, frac_reward_zero_std)
+_TRL = {"clip_ratio_low": "clip_ratio/low_mean", "clip_ratio_high": "clip_ratio/high_mean",
+        "clip_ratio": "clip_ratio/region_mean"}
+
+
+def trl_name(key: str) -> str:
+    head, _, tail = key.rpartition("/")
+    if head == "first_epoch":
+        return f"first_epoch/{_TRL.get(tail, tail)}"
+    return _TRL.get(key, key)
 
 
 def finite_group_advantages(total, g: int, scale: str):

@@ -70,6 +70,7 @@ class GRPOStep:
     kl_mode: str
     kl_beta: float
     use_lora_for_ref: bool
+    schedule: Callable = None  # step → learning rate (constant for GRPO)
 
     def logprobs(self, trainable, frozen, seq, rng):
         """Policy log-probs (B,N) in training mode (dropout from `rng`; None: off)."""
@@ -128,11 +129,11 @@ class GRPOStep:
 def make_grpo_step(model, grpo_cfg, is_trainable: Callable, mesh: Mesh, use_lora_for_ref: bool):
     """Returns (GRPOStep, trainable, frozen, opt_state, ref_trainable)."""
     graphdef, trainable, frozen = nnx.split(model, is_trainable, ...)
-    tx, _ = make_optimizer(grpo_cfg.lr, max(grpo_cfg.steps, 1), 0.0, grpo_cfg.weight_decay, grpo_cfg.grad_clip,
+    tx, sched = make_optimizer(grpo_cfg.lr, max(grpo_cfg.steps, 1), 0.0, grpo_cfg.weight_decay, grpo_cfg.grad_clip,
                            schedule="constant")
     opt_state = init_opt_state(tx, trainable, mesh)
     ref_trainable = jax.tree.map(jnp.copy, trainable)
     step = GRPOStep(graphdef, tx, mesh, grpo_cfg.max_new_tokens, grpo_cfg.temperature, grpo_cfg.clip_eps_low,
                     grpo_cfg.clip_eps_high, grpo_cfg.loss_agg, grpo_cfg.kl_mode, grpo_cfg.kl_beta,
-                    use_lora_for_ref)
+                    use_lora_for_ref, sched)
     return step, trainable, frozen, opt_state, ref_trainable

@@ -17,10 +17,10 @@ import os
 
 import jax
 from flax import nnx
-from tqdm import tqdm
 
 from pathreasoner_jax.checkpoint import Checkpointer, restore_params
 from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.core.progress import Progress
 from pathreasoner_jax.data.prompts import PromptBuilder
 from pathreasoner_jax.grpo.iteration import GRPOState, grpo_iteration
 from pathreasoner_jax.grpo.reward_fn import make_reward_fn
@@ -59,17 +59,23 @@ def train_grpo(rt: Runtime, force: bool = False, stop_after: int | None = None) 
     state = GRPOState(trainable, frozen, opt_state, ref_trainable)
     logger = open_logger(rt, GRPO, start)
     key = jax.random.key(cfg.run.seed + 1)
-    bar = tqdm(range(start, g.steps), initial=start, total=g.steps, desc="grpo", disable=not cfg.run.progress)
+    bar = Progress("grpo", g.steps, start, enabled=cfg.run.progress, unit="step")
     try:
-        for k in bar:
+        for k in range(start, g.steps):
             def next_prompts(attempt: int, k=k):
                 base = (k * g.max_sampling_tries + attempt) * g.prompts_per_step
                 return prompts.batch(list(range(base, base + g.prompts_per_step)))
+            first = state.jitted is None
+            if first:
+                bar.compiling("the rollout and the update")
             state, m = grpo_iteration(step, state, next_prompts, reward_fn, jax.random.fold_in(key, k), g, rt.ids)
+            if first:
+                bar.compiled()
             guard.update(m.get("skipped", 0.0) > 0)
-            m = {**m, "skipped_steps": guard.total, **judge_failures(reward_fn)}
+            m = {**m, "learning_rate": float(step.schedule(k)), "skipped_steps": guard.total,
+                 **judge_failures(reward_fn)}
             logger.log(k + 1, m)
-            bar.set_postfix(reward=f"{m['reward/total_mean']:.3f}", kl=f"{m.get('kl', 0.0):.4f}")
+            bar.update(1, restart_rate=first, reward=f"{m['reward']:.3f}", kl=f"{m.get('kl', 0.0):.4f}")
             done = k + 1 == g.steps or (stop_after is not None and k + 1 >= stop_after)
             guard.check(k + 1, last=done, what="rewards, loss or gradients")
             if (k + 1) % g.checkpoint_every == 0 or done:
@@ -79,6 +85,7 @@ def train_grpo(rt: Runtime, force: bool = False, stop_after: int | None = None) 
             if done:
                 break
     finally:
+        bar.close()
         ck.close()
         logger.close()
     finish(rt, GRPO, stop_after is None or stop_after >= g.steps or start >= g.steps,

@@ -1,5 +1,5 @@
 """Hugging Face weights: local Qwen2 directories (config.json + safetensors, single or sharded
-with an index) in and out.
+with an index) in; the HF name mapping and `host_array`, which `export` writes with.
 
 Import streams each tensor straight into its target sharding: `make_array_from_callback`
 asks for one device's slice at a time, and the slice is read from a memory map of the
@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Iterator
 
 import jax
@@ -68,14 +66,26 @@ def open_checkpoint_files(hf_dir: str) -> dict[str, SafetensorsFile]:
     raise FileNotFoundError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
 
 
+HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "rms_norm_eps")
+
+
 def llm_config_from_hf(hf_dir: str) -> LLMConfig:
+    """The LLM sizes of `hf_dir/config.json`; FileNotFoundError / ValueError (one line) when unusable."""
     path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: missing (is {hf_dir} a Hugging Face model directory?)")
-    with open(path) as f:
-        c = json.load(f)
-    if c.get("model_type") not in ("qwen2", "qwen2_5"):
-        raise ValueError(f"{path}: model_type {c.get('model_type')!r} is not qwen2")
+    try:
+        with open(path) as f:
+            c = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({' '.join(str(e).split())})") from None
+    if not isinstance(c, dict) or c.get("model_type") not in ("qwen2", "qwen2_5"):
+        kind = c.get("model_type") if isinstance(c, dict) else None
+        raise ValueError(f"{path}: model_type {kind!r} is not qwen2")
+    missing = [k for k in HF_REQUIRED if k not in c]
+    if missing:
+        raise ValueError(f"{path}: missing {', '.join(missing)}")
     rope = c.get("rope_theta") or (c.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     return LLMConfig(
         hf_path=hf_dir, vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
@@ -172,61 +182,3 @@ def host_array(x: jax.Array) -> np.ndarray:
         return np.asarray(jax.device_get(x))
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def export_llm(llm_module, llm_cfg: LLMConfig, out_dir: str, dtype: str = "float32",
-               max_shard_bytes: int = 4 << 30, tokenizer_dir: str = "") -> None:
-    """Writes config.json + safetensors (sharded with an index past `max_shard_bytes`).
-
-    LoRA adapters are merged into a copy of the weights (the module is not modified).
-    Written under a temporary name and renamed, so a crash leaves no half directory.
-    """
-    from safetensors.flax import save_file
-    import jax.numpy as jnp
-
-    np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
-    state = nnx.state(llm_module)
-    tensors = {}
-    for name in llm_param_names(llm_cfg):
-        path, transpose = hf_name_to_path(name)
-        arr = host_array(_get(state, path).get_value())
-        if path[-1] == "kernel":
-            lin = _get(llm_module, path[:-1])
-            if getattr(lin, "lora_rank", 0) > 0:
-                a, b = host_array(lin.lora_a.get_value()), host_array(lin.lora_b.get_value())
-                arr = arr + lin.lora_scale * (a.astype(np.float32) @ b.astype(np.float32)).astype(arr.dtype)
-        tensors[name] = (arr.T if transpose else arr).astype(np_dtype)
-    if jax.process_index() != 0:
-        return
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    shards, cur, size = [], {}, 0
-    for name, arr in tensors.items():
-        if cur and size + arr.nbytes > max_shard_bytes:
-            shards.append(cur)
-            cur, size = {}, 0
-        cur[name] = arr
-        size += arr.nbytes
-    shards.append(cur)
-    if len(shards) == 1:
-        save_file({k: jnp.asarray(v) for k, v in shards[0].items()}, os.path.join(tmp, "model.safetensors"),
-                  metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file({k: jnp.asarray(v) for k, v in shard.items()}, os.path.join(tmp, fn), metadata={"format": "pt"})
-            weight_map.update({k: fn for k in shard})
-        total = sum(v.nbytes for v in tensors.values())
-        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(hf_config_dict(llm_cfg, dtype), f, indent=2)
-    if tokenizer_dir and os.path.isdir(tokenizer_dir):
-        for fn in os.listdir(tokenizer_dir):
-            if fn.startswith("tokenizer") or fn in ("special_tokens_map.json", "vocab.json", "merges.txt"):
-                shutil.copy(os.path.join(tokenizer_dir, fn), tmp)
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)

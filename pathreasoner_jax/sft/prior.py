@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.data.encode import Example, ExampleEncoder, collate, evenly_spaced_patches
@@ -107,7 +106,7 @@ def compute_prior_cache(model, encoder, samples, slides, lexicon, sft_cfg, num_c
         if len(by_slide[s.slide_id]) < max_samples_per_slide:
             by_slide[s.slide_id].append(s)
     arrays, stats = {}, {"slides": 0, "skipped_no_entity": 0}
-    for slide_id, group in tqdm(sorted(by_slide.items()), desc="prior", disable=not progress):
+    for slide_id, group in track(sorted(by_slide.items()), "prior", enabled=progress, unit="slide"):
         slide = slides[slide_id]
         deltas = [d for d in (slide_deltas(model, encoder, s, slide, lexicon, num_clusters, length_buckets, pad_id)
                               for s in group) if d is not None]

@@ -6,6 +6,10 @@ finished stage is a no-op unless forced; an interrupted one resumes from its las
 checkpoint with the same batches and RNG (both are functions of the step). A step with a
 non-finite loss or gradients is skipped by the jitted update; more than
 sft.max_nonfinite_steps in a row stop the stage (train/stage.py NonFiniteGuard).
+
+Metric names follow TRL's SFTTrainer: `loss`, `grad_norm`, `learning_rate`, `num_tokens`
+(loss tokens so far), `epoch`, and `eval_loss` (sft/validation.py) every sft.eval_every
+steps and at the last step; ours besides: tokens_per_s, step_time_s, mfu, skipped.
 """
 from __future__ import annotations
 
@@ -16,16 +20,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from pathreasoner_jax.checkpoint import Checkpointer, restore_params
 from pathreasoner_jax.data.encode import ExampleEncoder
+from pathreasoner_jax.core.progress import Progress
 from pathreasoner_jax.data.loader import SFTLoader
 from pathreasoner_jax.flops import device_peak_flops, train_flops_per_token
 from pathreasoner_jax.metrics_log import print0
 from pathreasoner_jax.runtime import Runtime
 from pathreasoner_jax.sft.prior import load_priors
 from pathreasoner_jax.sft.step import make_sft_step
+from pathreasoner_jax.sft.validation import ValidationLoss
 from pathreasoner_jax.train.stage import NonFiniteGuard, finish, open_logger, open_stage, resume, shard_rows
 
 log = logging.getLogger(__name__)
@@ -59,38 +64,48 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
     start = meta["step"]
     guard = NonFiniteGuard(stage, "sft.max_nonfinite_steps", cfg.sft.max_nonfinite_steps, ck, meta)
     logger = open_logger(rt, stage, start)
+    validate = ValidationLoss(rt, step_fn, slides, stage) if cfg.sft.eval_every else None
     flops_tok = train_flops_per_token(rt.model_cfg, max(cfg.data.length_buckets))
     peak = device_peak_flops()
     base_key = jax.random.key(cfg.run.seed)
-    jitted = None
-    bar = tqdm(range(start, total), initial=start, total=total, desc=stage, disable=not cfg.run.progress)
+    jitted, num_tokens = None, float(meta.get("num_tokens", 0.0))
+    bar = Progress(stage, total, start, enabled=cfg.run.progress, unit="step")
     try:
-        for k in bar:
+        for k in range(start, total):
             t0 = time.perf_counter()
             batch = shard_rows(loader.batch(k % len(loader)), rt.mesh)
-            if jitted is None:
+            first = jitted is None
+            if first:
+                bar.compiling("the train step")
                 jitted = step_fn.jitted(trainable, frozen, opt_state, batch)
             trainable, opt_state, m = jitted(trainable, frozen, opt_state, batch,
                                              jax.random.fold_in(base_key, k), jnp.int32(k))
             loss, skipped = float(m["loss"]), bool(float(m["skipped"]))
+            if first:
+                bar.compiled()
             guard.update(skipped)
             dt = time.perf_counter() - t0
             tokens = float(np.sum(batch_valid_tokens(batch)))
-            rec = {"loss": loss, "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
+            num_tokens += float(m["loss_tokens"])
+            done = k + 1 == total or (stop_after is not None and k + 1 >= stop_after)
+            rec = {"loss": loss, "learning_rate": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
+                   "num_tokens": num_tokens, "epoch": (k + 1) * cfg.sft.batch_size / len(samples),
                    "tokens_per_s": tokens / dt, "step_time_s": dt,
                    "mfu": (flops_tok * tokens / dt / peak) if peak else None,
                    "skipped": float(skipped), "skipped_steps": guard.total}
+            if validate is not None and ((k + 1) % cfg.sft.eval_every == 0 or done):
+                rec["eval_loss"] = validate(trainable, frozen)
             logger.log(k + 1, rec)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:.0f}")
-            done = k + 1 == total or (stop_after is not None and k + 1 >= stop_after)
+            bar.update(1, restart_rate=first, loss=f"{loss:.4f}", tok_s=f"{tokens / dt:.0f}")
             guard.check(k + 1, last=done)  # raises past the limit, or when the last step was skipped
             if (k + 1) % cfg.sft.checkpoint_every == 0 or done:
                 ck.save(k + 1, nnx.merge(step_fn.graphdef, trainable, frozen), opt_state,
                         {"step": k + 1, "next_batch": k + 1, "stage": stage, "config": cfg.fingerprint("model"),
-                         **guard.meta()})
+                         "num_tokens": num_tokens, **guard.meta()})
             if done:
                 break
     finally:
+        bar.close()
         ck.close()
         logger.close()
     finish(rt, stage, stop_after is None or start >= total or stop_after >= total,

@@ -27,9 +27,8 @@ def encode_plan(slide, plan: TilingPlan, encoder: PatchEncoder, num_threads: int
     out = []
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(coords), desc=desc or "patches", unit="patch", leave=False,
-                   disable=not sys.stderr.isatty())
+        from pathreasoner_jax.core.progress import Progress
+        bar = Progress(desc or "patches", len(coords), unit="patch")
 
     def read(xy):
         return read_patch(slide, plan, xy, encoder.input_size)
@@ -79,6 +78,7 @@ def extract_slide(path: str, encoder: PatchEncoder, target_magnification: float 
              "target_magnification": float(target_magnification), "overlap": 0,
              "name": slide_id_of(path), "level0_width": int(w0), "level0_height": int(h0),
              "encoder": encoder.name, "source_path": path, "read_level": int(plan.level),
+             "patch_level": int(plan.level),  # CLAM's name for the pyramid level read
              "tissue_fraction": float(plan.tissue_fraction),
              "magnification_source": plan.magnification_source}
     return FeatureFile(feats, plan.coords, attrs, ids)

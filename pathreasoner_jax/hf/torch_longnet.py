@@ -1,5 +1,8 @@
-"""LongNet slide encoder and projector in PyTorch, from SPEC §3, with the conventions of
-`pathreasoner_jax/models/longnet.py` (so weights transfer by name and outputs agree):
+"""LongNet slide encoder and projector in PyTorch (imports torch; only `torch_vlm` uses it),
+from SPEC §3, with the conventions of `pathreasoner_jax/models/longnet.py` (so weights
+transfer by name and outputs agree); the PyTorch baseline of `pathreasoner bench` uses it too.
+`cfg` is any object with the SlideEncoderConfig fields (the dataclass, or the namespace
+`torch_vlm` builds from an export's slide_encoder/config.json):
 
 - branch (w, r): segment = min(w, N); pad N to whole segments and each segment to a
   multiple of r with masked positions; heads form groups of ceil(H / r); group j keeps positions j, j+r, ... of
