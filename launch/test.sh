@@ -18,4 +18,7 @@ export JAX_PLATFORMS=cpu
 export XLA_FLAGS="--xla_force_host_platform_device_count=8 ${XLA_FLAGS:-}"
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# one pytest worker per core (at most 4): most tests are single-threaded compiles;
+# --dist loadfile keeps a file's module fixtures in one worker
+WORKERS="${PATHREASONER_TEST_WORKERS:-$(python3 -c 'import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))')}"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "$WORKERS" --dist loadfile "$@"

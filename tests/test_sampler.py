@@ -64,7 +64,7 @@ def test_first_inner_epoch_ratio_is_one_with_dropout():
     step, t, f, o, ref = make_grpo_step(model, cfg, trainable_filter(SFTConfig(), True), _mesh(), True)
     state, m = grpo_iteration(step, GRPOState(t, f, o, ref), lambda i: _prompts(seed=i), contains_target,
                               jax.random.key(0), cfg, IDS)
-    assert m["first_epoch/ratio_mean"] == 1.0 and m["first_epoch/clip_ratio"] == 0.0
+    assert m["first_epoch/ratio_mean"] == 1.0 and m["first_epoch/clip_ratio/region_mean"] == 0.0
     assert abs(m["first_epoch/kl"]) < 1e-6  # the reference is the starting policy
     # dropout is really on: two passes with different keys disagree
     from pathreasoner_jax.grpo.step import assemble
