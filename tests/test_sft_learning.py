@@ -90,6 +90,7 @@ def test_the_slide_matters(tok_ids):
     assert other_hits / len(test_samples) <= 0.25
 
 
+@pytest.mark.slow  # the sharded loss is checked fast in test_sharding.py; this one adds the full step
 def test_sharded_step_equals_single_device(tok_ids):
     tok, ids = tok_ids
     samples, slides = make_dataset(8)
