@@ -16,6 +16,7 @@ model, and a save of non-finite params are one-line `CheckpointError`s.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional
 
@@ -25,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.core.errors import UserError, one_line
 from pathreasoner_jax.core.io import sha256_file, write_json
 from pathreasoner_jax.hf.record import RECORD_KEY, differences
 from pathreasoner_jax.metrics_log import warn0
@@ -71,11 +72,6 @@ def _is_key(x) -> bool:
     return jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
 
 
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 # ------------------------------------------------------------------ integrity records
 def _step_files(step_dir: str) -> list[str]:
     """Every file of a step (relative paths, sorted), minus the record and its temporaries."""
@@ -102,12 +98,11 @@ def verify_step(step_dir: str) -> tuple[str, bool]:
     if not os.path.exists(record):
         return "", False
     try:
-        import json
         with open(record) as f:
             files = json.load(f)["files"]
         items = [(rel, int(v["bytes"]), str(v["sha256"])) for rel, v in files.items()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return f"integrity record unreadable ({_one_line(e, 120)})", True
+        return f"integrity record unreadable ({one_line(e, 120)})", True
     for rel, size, digest in items:
         path = os.path.join(step_dir, rel)
         try:
@@ -120,7 +115,7 @@ def verify_step(step_dir: str) -> tuple[str, bool]:
             if sha256_file(path) != digest:
                 return f"file {rel} fails its sha256 check", True
         except OSError as e:
-            return f"file {rel} is unreadable ({_one_line(e, 120)})", True
+            return f"file {rel} is unreadable ({one_line(e, 120)})", True
     return "", True
 
 
@@ -284,7 +279,7 @@ class Checkpointer:
             out = self.manager.restore(step, args=ocp.args.Composite(**items))
         except (KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"{self.directory}: step {step} cannot be restored into the configured model "
-                                  f"and optimizer ({_one_line(e)})") from None
+                                  f"and optimizer ({one_line(e, 300)})") from None
         state = nnx.state(model)
         nnx.replace_by_pure_dict(state, _int_keys_like(out["params"], template))
         nnx.update(model, state)
@@ -337,7 +332,7 @@ def restore_params(directory: str, model) -> dict:
     try:
         _, meta = ck.restore(model)
     except KeyError as e:
-        raise CheckpointError(f"{directory}: checkpoint does not match the configured model ({_one_line(e)})") \
+        raise CheckpointError(f"{directory}: checkpoint does not match the configured model ({one_line(e, 300)})") \
             from None
     finally:
         ck.close()

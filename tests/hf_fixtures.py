@@ -70,3 +70,17 @@ def make_tiny_tokenizer(out_dir: str, vocab_size: int = 280) -> None:
     fast = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = QWEN_CHAT_TEMPLATE + TINY_TEMPLATE_MARK
     fast.save_pretrained(out_dir)
+
+
+def perturb_params(module, seed: int, scale: float) -> None:
+    """Random offsets on every nnx.Param of `module` (incl. zero-initialised biases, LN and
+    LoRA B), so that a transfer or export that swaps or drops a tensor shows up in outputs."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    state = nnx.state(module, nnx.Param)
+    rng = np.random.default_rng(seed)
+    for _, var in nnx.to_flat_state(state):
+        v = np.asarray(var.get_value())
+        var.set_value(jnp.asarray(v + scale * rng.standard_normal(v.shape).astype(v.dtype)))
+    nnx.update(module, state)

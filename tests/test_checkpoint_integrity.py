@@ -4,7 +4,6 @@ non-finite params are one-line errors; a torn metrics line does not block a resu
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -17,15 +17,9 @@ from pathreasoner_jax.eval.evidence import DIVERGING_CMAP, diverging_rgba
 from pathreasoner_jax.eval.report import (
     DISCLAIMER, answer_status, clean_question, entity_slug, write_metrics_json, write_metrics_md, write_report)
 from pathreasoner_jax.eval.report_images import EntityEvidence, colorbar_image, scale_bar
-from report_fixtures import build_report
+from report_fixtures import COMPLETION, LEXICON, build_report
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
-LEXICON = [{"name": "Adenocarcinoma", "type": "disease"},
-           {"name": "Gland formation", "type": "finding", "synonyms": ["glands"]},
-           {"name": "Necrosis", "type": "finding"}]
-COMPLETION = ("<observe>Irregular glands & necrosis <b>here</b>.</observe>\n"
-              "<think>Glands invading stroma suggest adenocarcinoma.</think>\n"
-              "<answer>Adenocarcinoma</answer><|im_end|>")
 
 
 class StrictChecker(HTMLParser):

@@ -4,7 +4,6 @@ metrics log carries TRL's GRPOTrainer names."""
 import json
 import os
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

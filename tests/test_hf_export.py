@@ -9,13 +9,12 @@ import stat
 import numpy as np
 import pytest
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 torch = pytest.importorskip("torch")
 
-from hf_fixtures import TINY_TEMPLATE_MARK, make_hf_qwen2, make_tiny_tokenizer  # noqa: E402
+from hf_fixtures import TINY_TEMPLATE_MARK, make_hf_qwen2, make_tiny_tokenizer, perturb_params  # noqa: E402
 from pathreasoner_jax.checkpoint import Checkpointer, restore_params  # noqa: E402
 from pathreasoner_jax.cli import main  # noqa: E402
 from pathreasoner_jax.config import load_config  # noqa: E402
@@ -33,17 +32,6 @@ model:
 """
 
 
-def _perturb(model, seed: int = 0, scale: float = 0.05):
-    """Random offsets on every parameter (incl. LoRA B, zero at import), so that a dropped or
-    swapped tensor shows up in the exported model's outputs."""
-    state = nnx.state(model, nnx.Param)
-    rng = np.random.default_rng(seed)
-    for _, var in nnx.to_flat_state(state):
-        v = np.asarray(var.get_value())
-        var.set_value(jnp.asarray(v + scale * rng.standard_normal(v.shape).astype(v.dtype)))
-    nnx.update(model, state)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
@@ -57,7 +45,7 @@ def exported(tmp_path_factory):
     rt = setup(load_config(cfg_path))
     model = rt.build_model()
     meta = restore_params(str(tmp / "ck0"), model)
-    _perturb(model)  # a "trained" checkpoint: every tensor differs from the import
+    perturb_params(model, seed=0, scale=0.05)  # "trained": every tensor (LoRA B too) differs from the import
     ck = Checkpointer(str(tmp / "ck1"), keep_last=1, async_save=False)
     ck.save(1, model, meta=meta)
     ck.close()

@@ -172,7 +172,6 @@ class _Prompts:
 
 
 def test_failures_are_counted_by_kind_and_reach_the_reward_function(stub, monkeypatch):
-    import types
     import pathreasoner_jax.grpo.reward_fn as rf
     j = _judge(stub, monkeypatch, retries=0)
     np.testing.assert_allclose(j.score_batch(["q"] * 3, ["r"] * 3, ["good", "garbage", "slow"]), [0.8, 0, 0])

@@ -18,6 +18,7 @@ from benchmarks.torch_baseline.vlm import sft_loss as torch_sft_loss  # noqa: E4
 from pathreasoner_jax.config import SFTConfig, SlideEncoderConfig  # noqa: E402
 from pathreasoner_jax.generate import SamplingParams, sample  # noqa: E402
 from pathreasoner_jax.hf.torch_longnet import LongNet as TorchLongNet  # noqa: E402
+from hf_fixtures import perturb_params  # noqa: E402
 from pathreasoner_jax.models.factory import create_model  # noqa: E402
 from pathreasoner_jax.models.layers import Ctx  # noqa: E402
 from pathreasoner_jax.models.longnet import LongNet  # noqa: E402
@@ -25,17 +26,6 @@ from pathreasoner_jax.sft.loss import sft_loss  # noqa: E402
 from pathreasoner_jax.sft.step import make_sft_step  # noqa: E402
 from pathreasoner_jax.sharding import make_mesh  # noqa: E402
 from tiny_vlm import IMAGE_ID, tiny_batch, tiny_config  # noqa: E402
-
-
-def _perturb(module, seed: int, scale: float = 0.1):
-    """Random offsets on every parameter (incl. zero-initialised biases, LN and LoRA B), so
-    that a transfer which swaps or drops a tensor shows up in the outputs."""
-    state = nnx.state(module, nnx.Param)
-    rng = np.random.default_rng(seed)
-    for _, var in nnx.to_flat_state(state):
-        v = np.asarray(var.get_value())
-        var.set_value(jnp.asarray(v + scale * rng.standard_normal(v.shape).astype(v.dtype)))
-    nnx.update(module, state)
 
 
 def _no_dropout(cfg):
@@ -55,7 +45,7 @@ def pair(request):
     cfg.llm.tie_word_embeddings = request.param.startswith("tied")
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     model = create_model(cfg, IMAGE_ID, mesh, seed=1)
-    _perturb(model, seed=2)
+    perturb_params(model, seed=2, scale=0.1)
     return cfg, mesh, model, torch_vlm_from_ours(model, cfg)
 
 
@@ -68,7 +58,7 @@ def test_longnet_matches_ours_with_padding(feature_dim, segments, dilations):
     cfg = dataclasses.replace(SlideEncoderConfig(), feature_dim=feature_dim, width=32, ffn_dim=48, num_heads=4,
                               segment_lengths=segments, dilations=dilations)
     ours = LongNet(cfg, nnx.Rngs(0))
-    _perturb(ours, seed=3)
+    perturb_params(ours, seed=3, scale=0.1)
     theirs = TorchLongNet(cfg).eval()
     sd = module_state_dict(ours, "")
     assert set(sd) == set(theirs.state_dict())

@@ -43,6 +43,8 @@ import httpcore
 import httpx
 import tenacity
 
+from pathreasoner_jax.core.errors import one_line
+
 log = logging.getLogger(__name__)
 
 _DEADLINE: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar("chat_deadline", default=None)
@@ -151,10 +153,6 @@ class ChatFailure(RuntimeError):
         return self
 
 
-def _one_line(text: str, n: int = 120) -> str:
-    return " ".join(str(text).split())[:n]
-
-
 def _retry_after(resp: httpx.Response) -> Optional[float]:
     try:
         return max(0.0, float(resp.headers.get("retry-after", "")))
@@ -252,7 +250,7 @@ class ChatClient:
         except httpx.TimeoutException:
             raise self._fail("timeout", timed_out, True) from None
         except httpx.ConnectError as e:
-            raise self._fail("connect", f"unreachable ({_one_line(e, 80) or 'connect error'})", True) from None
+            raise self._fail("connect", f"unreachable ({one_line(str(e), 80) or 'connect error'})", True) from None
         except (httpx.RemoteProtocolError, httpx.NetworkError) as e:
             if in_body:
                 raise self._fail("truncated", f"reply cut short ({type(e).__name__})", True) from None
@@ -272,7 +270,7 @@ class ChatClient:
         try:
             return parse(content)
         except ValueError as e:
-            raise self._fail("bad_reply", f"unusable reply ({_one_line(e)})", True) from None
+            raise self._fail("bad_reply", f"unusable reply ({one_line(str(e), 120)})", True) from None
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         base = self._backoff(state)

@@ -17,6 +17,7 @@ import numpy as np
 
 from pathreasoner_jax.checkpoint import restore_params
 from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.core.progress import track
 from pathreasoner_jax.data.prompts import PromptBuilder
 from pathreasoner_jax.eval.metrics import compute_metrics
 from pathreasoner_jax.generate import SamplingParams, sample

@@ -23,13 +23,9 @@ from __future__ import annotations
 import json
 import os
 
-from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.core.errors import UserError, one_line
 
 DEFAULTS = "<defaults>"
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def check_hf_dir(hf_dir: str, tokenizer_dir: str) -> dict:
@@ -43,7 +39,7 @@ def check_hf_dir(hf_dir: str, tokenizer_dir: str) -> dict:
     try:
         llm_config_from_hf(hf_dir)
     except (OSError, ValueError) as e:
-        raise UserError(_one_line(e)) from None
+        raise UserError(one_line(e)) from None
     if not any(os.path.exists(os.path.join(hf_dir, n)) for n in ("model.safetensors", "model.safetensors.index.json")):
         raise UserError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json (only safetensors "
                         "weights are read)")
@@ -75,10 +71,10 @@ def run_import(args) -> int:
         with use_mesh(mesh):
             model = create_model(mcfg, special_ids(tok).image, mesh, cfg.run.seed)
     except (OSError, ValueError, KeyError) as e:  # transformers' and our loaders' complaints: one line
-        raise UserError(f"{args.hf_dir}: cannot be imported ({_one_line(e)})") from None
+        raise UserError(f"{args.hf_dir}: cannot be imported ({one_line(e)})") from None
     if not args.config:
-        print(f"hf-import: no --config: slide encoder, projector and LoRA use the defaults (recorded in the "
-              f"checkpoint; a training config that differs is refused at restore)")
+        print("hf-import: no --config: slide encoder, projector and LoRA use the defaults (recorded in the "
+              "checkpoint; a training config that differs is refused at restore)")
     ck = Checkpointer(args.out, keep_last=1, async_save=False)
     ck.save(0, model, meta={"step": 0, "source": os.path.abspath(args.hf_dir), "hf_config": hf_config,
                             "config": os.path.abspath(args.config) if args.config else DEFAULTS,

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.core.progress import track
 from pathreasoner_jax.data.encode import Example, ExampleEncoder, collate, evenly_spaced_patches
 from pathreasoner_jax.models.vlm import token_logprobs
 from pathreasoner_jax.records import trajectory_spans

@@ -6,7 +6,6 @@ overlap. Used by `pathreasoner features`, `prepare` and inference on a raw slide
 """
 from __future__ import annotations
 
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,7 +13,8 @@ import numpy as np
 from pathreasoner_jax.slides.cluster import kmeans
 from pathreasoner_jax.slides.encoders import PatchEncoder
 from pathreasoner_jax.slides.h5io import FeatureFile
-from pathreasoner_jax.slides.reader import SlideError, _one_line, open_slide, slide_id_of
+from pathreasoner_jax.core.errors import one_line
+from pathreasoner_jax.slides.reader import SlideError, open_slide, slide_id_of
 from pathreasoner_jax.slides.tiling import TilingPlan, plan_tiles, read_patch
 
 
@@ -46,7 +46,7 @@ def encode_plan(slide, plan: TilingPlan, encoder: PatchEncoder, num_threads: int
     except SlideError:
         raise
     except Exception as e:  # openslide decode errors on corrupt tiles
-        raise SlideError(f"{plan.path}: reading patches failed ({_one_line(e)})") from None
+        raise SlideError(f"{plan.path}: reading patches failed ({one_line(e)})") from None
     finally:
         if bar is not None:
             bar.close()

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 
-from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.core.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,9 @@ def open_slide(path: str):
     except openslide.OpenSlideUnsupportedFormatError:
         raise SlideError(f"{path}: not a slide format OpenSlide can read (unopenable or corrupt)") from None
     except openslide.OpenSlideError as e:
-        raise SlideError(f"{path}: OpenSlide cannot read it ({_one_line(e)})") from None
+        raise SlideError(f"{path}: OpenSlide cannot read it ({one_line(e)})") from None
     except OSError as e:
-        raise SlideError(f"{path}: cannot open ({_one_line(e)})") from None
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+        raise SlideError(f"{path}: cannot open ({one_line(e)})") from None
 
 
 def _as_float(v) -> float | None:

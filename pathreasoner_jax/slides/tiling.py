@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pathreasoner_jax.slides.reader import SlideError, _one_line, slide_magnification
+from pathreasoner_jax.core.errors import one_line
+from pathreasoner_jax.slides.reader import SlideError, slide_magnification
 from pathreasoner_jax.slides.tissue import tissue_mask
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def plan_tiles(slide, path: str, target_magnification: float = 20.0, patch_size:
         mask = tissue_mask(read_thumbnail(slide, mask_ds))
         level = slide.get_best_level_for_downsample(max(ds, 1.0) * 1.001)
     except Exception as e:  # openslide errors on corrupt tiles
-        raise SlideError(f"{path}: reading the slide failed ({_one_line(e)})") from None
+        raise SlideError(f"{path}: reading the slide failed ({one_line(e)})") from None
     tissue_fraction = float(mask.mean()) if mask.size else 0.0
     xs = np.arange(0, w0 - ps0 + 1, ps0, dtype=np.int64)
     ys = np.arange(0, h0 - ps0 + 1, ps0, dtype=np.int64)
