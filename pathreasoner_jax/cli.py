@@ -47,6 +47,9 @@ COMMANDS = {
     "hf-import": ("pathreasoner_jax.hf.cli:run_import", "local HF directory → orbax checkpoint"),
     "hf-export": ("pathreasoner_jax.hf.cli:run_export", "checkpoint → HF directory (LoRA merged) + slide_encoder/"),
     "bench": ("benchmarks.cli:run_bench", "benchmarks against PyTorch baselines"),
+    "compile": ("pathreasoner_jax.pod.cli:run_compile",
+                "compile the steps for a TPU slice without one: XLA's per-chip memory, FLOPs, step time"),
+    "plan": ("pathreasoner_jax.pod.cli:run_plan", "compile every mesh for a TPU slice; rank those that fit"),
 }
 
 
@@ -115,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--baseline", default="none", choices=["none", "torch"],
                            help="also run the PyTorch reference implementation on the same weights")
             p.add_argument("--out", default="benchmarks/results", help="folder for the results JSON")
+        elif name in ("compile", "plan"):
+            from pathreasoner_jax.pod.topology import HELP as TOPOLOGY_HELP
+            _config_args(p)
+            p.add_argument("--topology", required=True, help=TOPOLOGY_HELP)
+            p.add_argument("--num-slices", type=_number(int, 1), default=1, help="multi-slice: slices of that "
+                           "topology joined over the data-centre network (where libtpu allows it)")
+            stages = ["sft", "grpo", "rollout"] + (["all"] if name == "compile" else [])
+            p.add_argument("--stage", default="all" if name == "compile" else "sft", choices=stages,
+                           help="which jitted step(s) to compile (grpo = log-prob pass + update)")
+            p.add_argument("--json", default="", help="also write the figures as JSON here")
+            if name == "plan":
+                p.add_argument("--meshes", default="", help="only these DATAxFSDPxTENSOR candidates, e.g. "
+                               "1x32x1,2x16x1 (default: every factorisation whose data×fsdp divides the batch)")
+                p.add_argument("--out", default="", help="mesh preset YAML for the best candidate (default "
+                               "runs/plan/<run.name>_<topology>.yaml)")
         else:
             _config_args(p)
             p.add_argument("--force", action="store_true", help="redo even if finished")

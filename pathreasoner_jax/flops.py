@@ -109,10 +109,14 @@ def slide_fwd(model_cfg, batch: int, patches: int) -> int:
     return dense + batch * longnet_attention_fwd(s, patches)
 
 
-def sft_step_flops(model_cfg, sft_cfg, batch: int, seq: int, patches: int) -> dict:
+def sft_step_flops(model_cfg, sft_cfg, batch: int, seq: int, patches: int, logit_positions: int | None = None) -> dict:
     """{"convention", "executed"}: model FLOPs of one SFT step on `batch` rows of `seq`
-    tokens holding `patches` slide tokens (module docstring)."""
+    tokens holding `patches` slide tokens (module docstring). `logit_positions`: positions
+    per row that go through the output head (GRPO's update: the completion only; default
+    all `seq`)."""
     llm, lora = model_cfg.llm, model_cfg.lora
+    head = llm.hidden_size * llm.vocab_size
+    head_saving = 6 * head * batch * (seq - logit_positions) if logit_positions is not None else 0
     n = llm_matmul_params(llm) + lora_params(llm, lora)
     frozen = set(sft_cfg.freeze)
     lora_only = lora.enabled and sft_cfg.train_lora_only
@@ -120,8 +124,18 @@ def sft_step_flops(model_cfg, sft_cfg, batch: int, seq: int, patches: int) -> di
     tokens = batch * seq
     attn = 12 * llm.num_layers * batch * seq * seq * llm.num_heads * head_dim(llm)
     slide = 0 if {"slide_encoder", "projector"} <= frozen else 3 * slide_fwd(model_cfg, batch, patches)
-    return {"convention": 6 * llm_matmul_params(llm) * tokens + attn + slide,
-            "executed": (4 * n + 2 * n_w) * tokens + attn + slide}
+    return {"convention": 6 * llm_matmul_params(llm) * tokens + attn + slide - head_saving,
+            "executed": (4 * n + 2 * n_w) * tokens + attn + slide - head_saving * (4 + 2 * (n_w == n)) // 6}
+
+
+def forward_pass_flops(model_cfg, rows: int, seq: int, patches: int, logit_positions: int) -> int:
+    """One forward pass (GRPO's old / reference log-probs): `rows` of `seq` tokens, the
+    output head on `logit_positions` per row, the slide encoder on `patches`."""
+    llm = model_cfg.llm
+    head = llm.hidden_size * llm.vocab_size
+    n_mm = llm_matmul_params(llm) + lora_params(llm, model_cfg.lora) - head
+    attn = 4 * llm.num_layers * rows * seq * seq * llm.num_heads * head_dim(llm)
+    return 2 * n_mm * rows * seq + 2 * head * rows * logit_positions + attn + slide_fwd(model_cfg, rows, patches)
 
 
 def rollout_flops(model_cfg, prompts: int, group: int, prompt_len: int, patches: int, new_tokens: int) -> int:

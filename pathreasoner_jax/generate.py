@@ -15,8 +15,6 @@ the first EOS; rows stop independently and the loop ends when all have stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -69,10 +67,10 @@ def _last_valid(x_btd, valid_bt):
     return jnp.take_along_axis(x_btd, idx[:, None, None], axis=1)[:, 0]
 
 
-@partial(nnx.jit, static_argnames=("params", "eos_id", "pad_id"))
-def sample(model, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, key, *,
-           params: SamplingParams, eos_id: int, pad_id: int):
-    """Samples G = params.group_size completions per prompt.
+def sample_fn(model, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, key, *,
+              params: SamplingParams, eos_id: int, pad_id: int):
+    """Samples G = params.group_size completions per prompt (`sample` is this, jitted;
+    `pod/stages.py` lowers it with explicit shardings for a TPU topology).
 
     Returns dict with `tokens` (B·G, N) int32, `logprobs` (B·G, N) fp32, `mask` (B·G, N)
     bool, `lengths` (B·G,), rows ordered prompt-major (row = prompt·G + g).
@@ -128,3 +126,6 @@ def sample(model, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, key, *,
         cond, body, (jnp.int32(1), tokens, logprobs, mask, done, cache))
     return {"tokens": tokens, "logprobs": logprobs, "mask": mask, "lengths": jnp.sum(mask, 1),
             "truncated": ~done}
+
+
+sample = nnx.jit(sample_fn, static_argnames=("params", "eos_id", "pad_id"))

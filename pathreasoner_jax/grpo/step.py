@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pathreasoner_jax.grpo.losses import policy_loss, token_entropy
 from pathreasoner_jax.sharding import use_mesh
-from pathreasoner_jax.train.params import finite_or_keep, init_opt_state, make_optimizer
+from pathreasoner_jax.train.params import finite_or_keep, init_opt_state, is_abstract, make_optimizer
 
 
 def assemble(prompt: dict, rollout: dict, group: int, image_id: int) -> dict:
@@ -105,11 +105,12 @@ class GRPOStep:
         metrics = dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
         return trainable, opt_state, metrics
 
-    def jit_all(self, trainable, frozen, opt_state):
-        """Jitted (logprobs, ref_logprobs, update) with shardings read off the live state."""
+    def jit_all(self, trainable, frozen, opt_state, rows: NamedSharding | None = None):
+        """Jitted (logprobs, ref_logprobs, update) with shardings read off the live state;
+        row arrays split by `rows` (default: over data × fsdp)."""
         sh = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
         rep = NamedSharding(self.mesh, P())
-        rows = NamedSharding(self.mesh, P(("data", "fsdp")))
+        rows = rows or NamedSharding(self.mesh, P(("data", "fsdp")))
 
         def under_mesh(fn):
             def wrapped(*args):
@@ -132,7 +133,7 @@ def make_grpo_step(model, grpo_cfg, is_trainable: Callable, mesh: Mesh, use_lora
     tx, sched = make_optimizer(grpo_cfg.lr, max(grpo_cfg.steps, 1), 0.0, grpo_cfg.weight_decay, grpo_cfg.grad_clip,
                            schedule="constant")
     opt_state = init_opt_state(tx, trainable, mesh)
-    ref_trainable = jax.tree.map(jnp.copy, trainable)
+    ref_trainable = trainable if is_abstract(trainable) else jax.tree.map(jnp.copy, trainable)
     step = GRPOStep(graphdef, tx, mesh, grpo_cfg.max_new_tokens, grpo_cfg.temperature, grpo_cfg.clip_eps_low,
                     grpo_cfg.clip_eps_high, grpo_cfg.loss_agg, grpo_cfg.kl_mode, grpo_cfg.kl_beta,
                     use_lora_for_ref, sched)

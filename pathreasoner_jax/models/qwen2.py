@@ -241,7 +241,13 @@ def _call_layer(layer, x, positions, mask, ctx, cache, index):
 
 
 def _remat_layer(layer, x, positions, mask, ctx, cache, index):
-    @nnx.remat(static_argnums=(4,))
-    def f(layer, x, positions, mask, ctx):
-        return layer(x, positions, mask, ctx, None, 0)
-    return f(layer, x, positions, mask, ctx)
+    # jax.checkpoint over the layer's explicit state, not nnx.remat: nnx.remat writes the
+    # layer's variables back after the call, which fails for the frozen base weights of a
+    # LoRA-only step (created outside the gradient trace: "Cannot mutate Param from a
+    # different trace level"); a decoder layer's forward mutates no state.
+    graphdef, state = nnx.split(layer)
+
+    @jax.checkpoint
+    def f(state, x, positions, mask):
+        return nnx.merge(graphdef, state)(x, positions, mask, ctx, None, 0)
+    return f(state, x, positions, mask)

@@ -71,9 +71,11 @@ class SFTStep:
         return trainable, opt_state, metrics
 
     def jitted(self, trainable, frozen, opt_state, batch_example):
-        """The step jitted with in/out shardings read off the live state; state donated."""
+        """The step jitted with in/out shardings read off the live state (and off the batch when
+        it is placed on this mesh, else rows over data × fsdp); state donated."""
         sh = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
-        batch_sh = jax.tree.map(lambda x: NamedSharding(self.mesh, P(("data", "fsdp"))), batch_example)
+        rows = NamedSharding(self.mesh, P(("data", "fsdp")))
+        batch_sh = jax.tree.map(lambda x: x.sharding if _on(x, self.mesh) else rows, batch_example)
         rep = NamedSharding(self.mesh, P())
         return jax.jit(self._step_under_mesh,
                        in_shardings=(sh(trainable), sh(frozen), sh(opt_state), batch_sh, rep, rep),
@@ -83,6 +85,11 @@ class SFTStep:
     def _step_under_mesh(self, *args):
         with use_mesh(self.mesh):
             return self.step(*args)
+
+
+def _on(x, mesh) -> bool:
+    sharding = getattr(x, "sharding", None)
+    return isinstance(sharding, NamedSharding) and sharding.mesh == mesh
 
 
 def make_sft_step(model, sft_cfg, lora_enabled: bool, mesh: Mesh, total_steps: int,

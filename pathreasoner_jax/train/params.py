@@ -48,15 +48,32 @@ def make_optimizer(lr: float, total_steps: int, warmup_ratio: float, weight_deca
     return tx, sched
 
 
-def init_opt_state(tx, trainable, mesh: Mesh):
-    """Optimizer moments take their parameter's sharding; scalars (counts) are replicated."""
-    rep = NamedSharding(mesh, P())
-    state = jax.jit(tx.init)(trainable)
+def is_abstract(tree) -> bool:
+    """True for a tree of ShapeDtypeStructs (deviceless compilation, pod/), False for arrays."""
+    leaves = jax.tree.leaves(tree)
+    return bool(leaves) and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
 
-    def place(x):
-        on_mesh = isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
-        return x if on_mesh else jax.device_put(x, rep)
-    return jax.tree.map(place, state)
+
+def opt_state_shardings(tx, trainable, mesh: Mesh):
+    """(abstract optimizer state, its shardings): every moment in its parameter's sharding,
+    everything else (step counts) replicated. Spelled out because XLA gives the zeros of
+    `tx.init` no sharding of their own: left to itself it replicates AdamW's moments on
+    every device (found by `pathreasoner compile`: 2× the parameters per device)."""
+    rep = NamedSharding(mesh, P())
+    shapes = jax.eval_shape(tx.init, trainable)
+    param_shardings = jax.tree.map(lambda x: x.sharding, trainable)
+    shardings = optax.tree_map_params(tx, lambda _, sh: sh, shapes, param_shardings,
+                                      transform_non_params=lambda _: rep)
+    return shapes, shardings
+
+
+def init_opt_state(tx, trainable, mesh: Mesh):
+    """The optimizer state in the shardings of `opt_state_shardings`; for an abstract
+    `trainable` (deviceless compilation) its ShapeDtypeStructs."""
+    shapes, shardings = opt_state_shardings(tx, trainable, mesh)
+    if is_abstract(trainable):
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return jax.jit(tx.init, out_shardings=shardings)(trainable)
 
 
 def all_finite(tree) -> jax.Array:
