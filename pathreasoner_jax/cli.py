@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--stage", default="all" if name == "compile" else "sft", choices=stages,
                            help="which jitted step(s) to compile (grpo = log-prob pass + update)")
             p.add_argument("--json", default="", help="also write the figures as JSON here")
+            p.add_argument("--layers-fit", default="", help="A,B: compile with A and B decoder layers and "
+                           "extrapolate linearly to the model's (minutes instead of an hour for 7B on a laptop)")
             if name == "plan":
                 p.add_argument("--meshes", default="", help="only these DATAxFSDPxTENSOR candidates, e.g. "
                                "1x32x1,2x16x1 (default: every factorisation whose data×fsdp divides the batch)")

@@ -145,6 +145,7 @@ def test_sft_flops_match_the_analytic_count(tiny):
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_plan_ranks_a_bad_mesh_below_a_good_one(tiny):
     from pathreasoner_jax.pod.cli import plan
     cfg, sl, devices, _ = tiny
@@ -153,3 +154,21 @@ def test_plan_ranks_a_bad_mesh_below_a_good_one(tiny):
     rows = plan(cfg, sl, "sft", meshes=[(1, 1, 4), (1, 4, 1)], progress=False, devices=devices)
     assert [r["mesh"]["tensor"] for r in rows] == [1, 4]
     assert all(r["fits"] for r in rows) and rows[0]["step_time_s"] < rows[1]["step_time_s"]
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_layer_extrapolation_matches_a_direct_compile(tiny):
+    import dataclasses
+    from pathreasoner_jax.pod.cli import compile_config
+    cfg, sl, devices, _ = tiny
+    three = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, llm=dataclasses.replace(cfg.model.llm, num_layers=3)))
+    direct = compile_config(three, sl, ("sft",), devices, log=lambda *_: None)["stages"]["sft"]["parts"][0]
+    fit = compile_config(three, sl, ("sft",), devices, log=lambda *_: None,
+                         layers_fit=(1, 2))["stages"]["sft"]["parts"][0]
+    # parameters and optimizer state grow by one identical layer each: exact
+    assert fit["memory"]["arguments"] == direct["memory"]["arguments"]
+    for key in ("xla_flops", "bytes_accessed", "ici_bytes"):
+        assert fit[key] == pytest.approx(direct[key], rel=0.05), key
+    assert fit["memory"]["peak"] == pytest.approx(direct["memory"]["peak"], rel=0.1)

@@ -5,7 +5,12 @@
 Peak bytes per device = arguments + outputs − aliased (donated state written in place)
 + temporaries + generated code (as MaxText's `train_compile` reports it).
 
-Roofline of one executable: compute = XLA FLOPs / peak FLOP/s, memory = bytes accessed /
+XLA's `cost_analysis` counts a loop body once: the chunked logits (`model.logits_chunk`, a
+scan) and gradient accumulation (a scan over micro-batches) are under-counted there, so
+the compute term takes the larger of XLA's count and the analytic one (`flops.py`); both
+are reported, and XLA's exceeding the analytic count shows recomputation (remat).
+
+Roofline of one executable: compute = that FLOP count / peak FLOP/s, memory = bytes accessed /
 HBM bandwidth, ICI = collective bytes / ICI bandwidth (pod/topology.py); the estimate is
 the largest of the three (XLA overlaps FSDP's async all-gathers with compute on TPU), so
 it is a lower bound on step time: a stage bound by ICI or HBM shows it. MFU = analytic
@@ -66,33 +71,56 @@ def analyse(cfg, model_cfg, lowered, sl: Slice) -> dict:
     t0 = time.perf_counter()
     compiled = lowered.lowered.compile()
     compile_s = time.perf_counter() - t0
-    n_dev = sl.num_devices
     mem, cost = memory_figures(compiled), cost_figures(compiled)
-    rollout = lowered.name == "rollout"
-    decode_steps = max(lowered.shapes.get("new_tokens", 1) - 1, 1) if rollout else 1
+    decode_steps = max(lowered.shapes.get("new_tokens", 1) - 1, 1) if lowered.name == "rollout" else 1
     coll = collective_bytes(compiled.as_text(), unknown_trip_count=decode_steps)
-    model_flops = analytic_flops(cfg, model_cfg, lowered.name, lowered.shapes) / n_dev
-    if rollout:
-        prefill_s = prefill_flops(model_cfg, lowered.shapes) / n_dev / sl.device_peak_flops
-        step_bytes = mem["arguments"] + mem["temporaries"]
-        hbm_s = decode_steps * step_bytes / sl.device_hbm_bw
-        ici_s = coll["ici_bytes"] / sl.device_ici_bw
+    part = {"name": lowered.name, "calls_per_step": lowered.calls, "shapes": lowered.shapes,
+            "compile_s": round(compile_s, 2), "memory": mem, "xla_flops": cost["flops"],
+            "bytes_accessed": cost["bytes_accessed"], "collectives": coll["by_kind"], "ici_bytes": coll["ici_bytes"]}
+    return roofline(part, cfg, model_cfg, sl)
+
+
+def roofline(part: dict, cfg, model_cfg, sl: Slice) -> dict:
+    """Adds analytic FLOPs, the time terms, the estimate and MFU to a measured part."""
+    model_flops = analytic_flops(cfg, model_cfg, part["name"], part["shapes"]) / sl.num_devices
+    mem = part["memory"]
+    if part["name"] == "rollout":
+        decode_steps = max(part["shapes"]["new_tokens"] - 1, 1)
+        prefill_s = prefill_flops(model_cfg, part["shapes"]) / sl.num_devices / sl.device_peak_flops
+        hbm_s = decode_steps * (mem["arguments"] + mem["temporaries"]) / sl.device_hbm_bw
+        ici_s = part["ici_bytes"] / sl.device_ici_bw
         terms = {"compute_s": prefill_s, "hbm_s": hbm_s, "ici_s": ici_s}
         est = prefill_s + max(hbm_s, ici_s)
         bound = "hbm (decode)" if hbm_s >= ici_s else "ici (decode)"
     else:
-        terms = {"compute_s": cost["flops"] / sl.device_peak_flops,
-                 "hbm_s": cost["bytes_accessed"] / sl.device_hbm_bw,
-                 "ici_s": coll["ici_bytes"] / sl.device_ici_bw}
+        terms = {"compute_s": max(part["xla_flops"], model_flops) / sl.device_peak_flops,
+                 "hbm_s": part["bytes_accessed"] / sl.device_hbm_bw,
+                 "ici_s": part["ici_bytes"] / sl.device_ici_bw}
         bound = max(terms, key=terms.get)[:-2]
         est = max(terms.values())
-    return {"name": lowered.name, "calls_per_step": lowered.calls, "shapes": lowered.shapes,
-            "compile_s": round(compile_s, 2), "memory": mem, "xla_flops": cost["flops"],
-            "bytes_accessed": cost["bytes_accessed"], "analytic_flops": model_flops,
-            "xla_over_analytic": (cost["flops"] / model_flops) if model_flops else None,
-            "collectives": coll["by_kind"], "ici_bytes": coll["ici_bytes"],
-            "time": dict(terms, estimate_s=est, bound=bound),
-            "mfu": model_flops / (est * sl.device_peak_flops) if est > 0 else None}
+    return dict(part, analytic_flops=model_flops,
+                xla_over_analytic=(part["xla_flops"] / model_flops) if model_flops else None,
+                time=dict(terms, estimate_s=est, bound=bound),
+                mfu=model_flops / (est * sl.device_peak_flops) if est > 0 else None)
+
+
+LINEAR = ("xla_flops", "bytes_accessed", "ici_bytes")
+
+
+def extrapolate_part(a: dict, b: dict, la: int, lb: int, layers: int, cfg, model_cfg, sl: Slice) -> dict:
+    """The part at `layers` decoder layers from compiles at `la` and `lb`: every byte and FLOP
+    figure is a + (b − a)·(L − la)/(lb − la) (the layers are identical and unrolled, so each
+    adds the same parameters, activations, FLOPs and collectives); the rest is recomputed."""
+    w = (layers - la) / (lb - la)
+    lin = lambda x, y: x + (y - x) * w  # noqa: E731
+    part = {k: v for k, v in b.items() if k in ("name", "calls_per_step", "shapes")}
+    part["memory"] = {k: lin(a["memory"][k], b["memory"][k]) for k in a["memory"]}
+    part.update({k: lin(a[k], b[k]) for k in LINEAR})
+    part["collectives"] = {k: {f: lin(a["collectives"].get(k, {}).get(f, 0), v[f]) for f in v}
+                           for k, v in b["collectives"].items()}
+    part["compile_s"] = a["compile_s"] + b["compile_s"]
+    part["extrapolated_from_layers"] = [la, lb]
+    return roofline(part, cfg, model_cfg, sl)
 
 
 def stage_summary(stage: str, parts: list[dict], sl: Slice) -> dict:

@@ -44,24 +44,32 @@ def _resolve(n: int, data: int, fsdp: int, tensor: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
-def compile_config(cfg, sl: Slice, stages, devices=None, log=print) -> dict:
-    """Lowers and compiles `stages` of `cfg` on its mesh over the slice → report dict."""
+def compile_config(cfg, sl: Slice, stages, devices=None, log=print, layers_fit=None) -> dict:
+    """Lowers and compiles `stages` of `cfg` on its mesh over the slice → report dict.
+    `layers_fit` (A, B): compile with A and B decoder layers and extrapolate every figure
+    linearly to the model's own count (a 28-layer 7B step takes an hour to compile on 2
+    CPU cores; 1 and 2 layers a few minutes) — `analysis.extrapolate_part`."""
     from pathreasoner_jax import memory
     from pathreasoner_jax.models.factory import resolve_model_config
-    from pathreasoner_jax.pod.analysis import analyse, stage_summary
-    from pathreasoner_jax.pod.stages import lower_stage
+    from pathreasoner_jax.pod.analysis import extrapolate_part, stage_summary
     devices = devices if devices is not None else slice_devices(sl)
     mesh = topology_mesh(devices, cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     model_cfg = resolve_model_config(cfg.model)
     est = memory.estimate(cfg, dict(mesh.shape), sl.device_hbm_bytes, model_cfg=model_cfg)
-    out = {"topology": sl.name, "libtpu_topology": sl.libtpu_name, "num_slices": sl.num_slices,
+    out = {"layers_fit": list(layers_fit) if layers_fit else None, "topology": sl.name, "libtpu_topology": sl.libtpu_name, "num_slices": sl.num_slices,
            "devices": sl.num_devices, "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
            "device_hbm_gib": sl.device_hbm_bytes / GiB, "peak_flops_per_device": sl.device_peak_flops,
            "memory_estimate_gib": {"train": est["train_total"] / GiB, "rollout": est["rollout_total"] / GiB},
            "stages": {}}
     for stage in stages:
         log(f"compile: {stage} on {sl.name} mesh {dict(mesh.shape)} …")
-        parts = [analyse(cfg, model_cfg, low, sl) for low in lower_stage(cfg, stage, mesh, model_cfg)]
+        if layers_fit:
+            la, lb = layers_fit
+            pa, pb = (_parts(cfg, _with_layers(model_cfg, n), stage, mesh, sl) for n in (la, lb))
+            parts = [extrapolate_part(a, b, la, lb, model_cfg.llm.num_layers, cfg, model_cfg, sl)
+                     for a, b in zip(pa, pb)]
+        else:
+            parts = _parts(cfg, model_cfg, stage, mesh, sl)
         out["stages"][stage] = stage_summary(stage, parts, sl)
     ref = {"sft": "train", "grpo": "train", "rollout": "rollout"}
     for stage, s in out["stages"].items():
@@ -70,9 +78,33 @@ def compile_config(cfg, sl: Slice, stages, devices=None, log=print) -> dict:
     return out
 
 
+def _parts(cfg, model_cfg, stage, mesh, sl):
+    from pathreasoner_jax.pod.analysis import analyse
+    from pathreasoner_jax.pod.stages import lower_stage
+    return [analyse(cfg, model_cfg, low, sl) for low in lower_stage(cfg, stage, mesh, model_cfg)]
+
+
+def _with_layers(model_cfg, n: int):
+    return dataclasses.replace(model_cfg, llm=dataclasses.replace(model_cfg.llm, num_layers=n))
+
+
+def parse_layers_fit(text: str):
+    if not text:
+        return None
+    try:
+        a, b = (int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--layers-fit: expected two layer counts A,B (e.g. 1,2), got {text!r}") from None
+    if not 1 <= a < b:
+        raise UserError(f"--layers-fit: need 1 <= A < B, got {a},{b}")
+    return a, b
+
+
 def format_report(rep: dict) -> str:
     m = rep["mesh"]
-    lines = [f"{rep['topology']} ({rep['libtpu_topology']}, {rep['devices']} × {rep['device_kind']}, "
+    fit = rep.get("layers_fit")
+    lines = [(f"(figures extrapolated from compiles with {fit[0]} and {fit[1]} decoder layers)\n" if fit else "")
+             + f"{rep['topology']} ({rep['libtpu_topology']}, {rep['devices']} × {rep['device_kind']}, "
              f"{rep['device_hbm_gib']:.0f} GiB each), mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}",
              f"{'stage/executable':<22}{'GiB/dev':>9}{'fits':>6}{'TFLOP xla':>11}{'analytic':>10}{'ICI GB':>9}"
              f"{'est s':>9}{'bound':>14}{'MFU':>7}{'compile s':>10}"]
@@ -102,7 +134,10 @@ def run_compile(args) -> int:
     cfg, sl = _load(args)
     stages = ("sft", "grpo", "rollout") if args.stage == "all" else (args.stage,)
     print(f"compile: {sl.describe()}", flush=True)
-    rep = compile_config(cfg, sl, stages)
+    fit = parse_layers_fit(args.layers_fit)
+    if fit and fit[1] >= cfg.model.llm.num_layers and not cfg.model.llm.hf_path:
+        raise UserError(f"--layers-fit {args.layers_fit}: the model has only {cfg.model.llm.num_layers} layers")
+    rep = compile_config(cfg, sl, stages, layers_fit=fit)
     print(format_report(rep))
     if args.json:
         write_json(args.json, rep)
@@ -130,7 +165,8 @@ def _parse_meshes(text: str) -> list[tuple[int, int, int]]:
         raise UserError(f"--meshes: expected DATAxFSDPxTENSOR[,…], e.g. 1x8x1,2x4x1; got {text!r}") from None
 
 
-def plan(cfg, sl: Slice, stage: str, meshes=None, progress: bool = True, devices=None) -> list[dict]:
+def plan(cfg, sl: Slice, stage: str, meshes=None, progress: bool = True, devices=None,
+         layers_fit=None) -> list[dict]:
     """Compiles `stage` for every candidate mesh → rows sorted: fitting ones by estimated
     step time first, then the ones that do not fit, then failures."""
     from pathreasoner_jax.core.progress import track
@@ -145,7 +181,7 @@ def plan(cfg, sl: Slice, stage: str, meshes=None, progress: bool = True, devices
         c = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, data=d, fsdp=f, tensor=t))
         row = {"mesh": {"data": d, "fsdp": f, "tensor": t}}
         try:
-            s = compile_config(c, sl, (stage,), devices, log=lambda *_: None)["stages"][stage]
+            s = compile_config(c, sl, (stage,), devices, log=lambda *_: None, layers_fit=layers_fit)["stages"][stage]
             row.update(fits=s["fits"], peak_gib=s["peak_gib"], step_time_s=s["step_time_s"], mfu=s["mfu"],
                        bound=[p["time"]["bound"] for p in s["parts"]], compile_s=s["compile_s"])
         except Exception as e:  # XLA's refusal of one candidate is a result, not a crash
@@ -180,7 +216,8 @@ def run_plan(args) -> int:
     from pathreasoner_jax.core.io import write_bytes
     cfg, sl = _load(args)
     print(f"plan: {sl.describe()}", flush=True)
-    rows = plan(cfg, sl, args.stage, _parse_meshes(args.meshes) if args.meshes else None, cfg.run.progress)
+    rows = plan(cfg, sl, args.stage, _parse_meshes(args.meshes) if args.meshes else None, cfg.run.progress,
+                layers_fit=parse_layers_fit(args.layers_fit))
     print(format_plan(rows))
     if args.json:
         write_json(args.json, {"topology": sl.name, "stage": args.stage, "candidates": rows})
