@@ -42,12 +42,9 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 _state: dict[str, Any] = {"mesh": None, "rules": LOGICAL_RULES}
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
-              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-    """Mesh with axes (data, fsdp, tensor); one size may be -1 ("the remaining devices")."""
-    devices = list(devices if devices is not None else jax.devices())
+def resolve_mesh_sizes(n: int, data: int, fsdp: int, tensor: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) with a -1 replaced by what the `n` devices leave (ValueError if none fits)."""
     sizes = [data, fsdp, tensor]
-    n = len(devices)
     if sizes.count(-1) > 1:
         raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
     known = math.prod(s for s in sizes if s != -1)
@@ -55,6 +52,15 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
         if n % known:
             raise ValueError(f"mesh: {n} devices are not divisible by {known}")
         sizes[sizes.index(-1)] = n // known
+    return tuple(sizes)
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """Mesh with axes (data, fsdp, tensor); one size may be -1 ("the remaining devices")."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    sizes = resolve_mesh_sizes(n, data, fsdp, tensor)
     if math.prod(sizes) > n or n % math.prod(sizes):
         raise ValueError(f"mesh: data*fsdp*tensor = {math.prod(sizes)} does not fit the {n} devices present")
     # fully specified and smaller than the machine (a debugging run): the first devices

@@ -14,7 +14,7 @@ import numpy as np
 from pathreasoner_jax.core.errors import UserError, one_line
 from pathreasoner_jax.core.io import write_json
 from pathreasoner_jax.pod.topology import GiB, Slice, parse_slice, slice_devices
-from pathreasoner_jax.sharding import MESH_AXES
+from pathreasoner_jax.sharding import MESH_AXES, resolve_mesh_sizes
 
 def topology_mesh(devices: list, data: int, fsdp: int, tensor: int):
     """A Mesh over the slice's devices; axes laid on the physical torus when they can be
@@ -31,17 +31,13 @@ def topology_mesh(devices: list, data: int, fsdp: int, tensor: int):
 
 
 def _resolve(n: int, data: int, fsdp: int, tensor: int) -> tuple[int, int, int]:
-    sizes = [data, fsdp, tensor]
-    if sizes.count(-1) > 1:
-        raise UserError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
-    known = math.prod(s for s in sizes if s != -1)
-    if -1 in sizes:
-        if n % known:
-            raise UserError(f"mesh: the slice's {n} devices are not divisible by {known}")
-        sizes[sizes.index(-1)] = n // known
-    if math.prod(sizes) != n:
+    try:
+        sizes = resolve_mesh_sizes(n, data, fsdp, tensor)
+    except ValueError as e:
+        raise UserError(f"{e} (the slice's devices)") from None
+    if math.prod(sizes) != n:  # unlike a live run, a compile target uses the whole slice
         raise UserError(f"mesh: data*fsdp*tensor = {math.prod(sizes)} but the slice has {n} devices")
-    return tuple(sizes)
+    return sizes
 
 
 def compile_config(cfg, sl: Slice, stages, devices=None, log=print, layers_fit=None) -> dict:
@@ -170,6 +166,7 @@ def plan(cfg, sl: Slice, stage: str, meshes=None, progress: bool = True, devices
     """Compiles `stage` for every candidate mesh → rows sorted: fitting ones by estimated
     step time first, then the ones that do not fit, then failures."""
     from pathreasoner_jax.core.progress import track
+    from pathreasoner_jax.pod.stages import with_mesh
     devices = devices if devices is not None else slice_devices(sl)
     rows_per_step = cfg.sft.batch_size if stage == "sft" else cfg.grpo.prompts_per_step * cfg.grpo.group_size
     meshes = meshes or candidate_meshes(len(devices), rows_per_step)
@@ -178,7 +175,7 @@ def plan(cfg, sl: Slice, stage: str, meshes=None, progress: bool = True, devices
                         f"of a {stage} step; change sft.batch_size / grpo.prompts_per_step")
     rows = []
     for d, f, t in track(meshes, "plan", enabled=progress, unit="mesh"):
-        c = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, data=d, fsdp=f, tensor=t))
+        c = with_mesh(cfg, d, f, t)
         row = {"mesh": {"data": d, "fsdp": f, "tensor": t}}
         try:
             s = compile_config(c, sl, (stage,), devices, log=lambda *_: None, layers_fit=layers_fit)["stages"][stage]

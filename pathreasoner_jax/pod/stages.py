@@ -35,7 +35,6 @@ from pathreasoner_jax.sharding import logical_to_spec, state_shardings
 from pathreasoner_jax.train.params import trainable_filter
 
 QUESTION_TOKENS = 64  # text of a GRPO prompt around the slide tokens (chat header + question)
-STAGES = ("sft", "grpo", "rollout")
 
 
 @dataclass
