@@ -42,11 +42,17 @@ class Stub(BaseHTTPRequestHandler):
                 time.sleep(1.0)
             elif self.path.startswith("/good"):
                 time.sleep(0.05)
-            if self.path.startswith("/garbage"):
-                payload = b"<html>502 upstream confused</html>"
-            else:
-                content = GOOD if body["messages"][1]["content"] else ""
-                payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        finally:
+            # Leave the count before replying: once the client has its reply it may send the
+            # next request at once, before this thread would reach a `finally` after the write.
+            with Stub.lock:
+                Stub.active -= 1
+        if self.path.startswith("/garbage"):
+            payload = b"<html>502 upstream confused</html>"
+        else:
+            content = GOOD if body["messages"][1]["content"] else ""
+            payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        try:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -54,9 +60,6 @@ class Stub(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        finally:
-            with Stub.lock:
-                Stub.active -= 1
 
 
 @pytest.fixture(scope="module")
