@@ -15,7 +15,8 @@ if [ ! -x /usr/bin/chromium ] && [ -z "${PATHREASONER_NO_CHROMIUM:-}" ] && comma
     || echo "[test] chromium could not be installed; tests/test_report_browser.py will skip"
 fi
 export JAX_PLATFORMS=cpu
-export XLA_FLAGS="--xla_force_host_platform_device_count=8 ${XLA_FLAGS:-}"
+# LLVM at -O0: the tiny test programs compile ~25% faster and run about as fast
+export XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true ${XLA_FLAGS:-}"
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1
 # one pytest worker per core (at most 4): most tests are single-threaded compiles;

@@ -18,6 +18,8 @@ per device, following the sharding rules of `pathreasoner_jax.sharding`:
   only each layer's input c·b·T·H is kept plus one layer's set. Logits: 3·4·b·min(T, chunk)·V/tensor
   (fp32 logits, log-softmax, gradient; `model.logits_chunk`). LongNet (fp32 inside attention): per layer
   4·b·P·(6W + 3Fs) + per branch 8·b·h·n_pad·seg/r² (scores and probabilities).
+- GRPO update: the same per micro-batch of rows p·G / grpo.micro_batches (p prompts per
+  device) of T + N tokens, logits at the N completion positions only.
 - KV cache (rollout, shared prefix): L·2·(p·T + p·G·n)·nkv·hd·c with p prompts per device
   (prompts_per_step / (data·fsdp)), nkv/tensor when divisible.
 """
@@ -128,12 +130,19 @@ def estimate(cfg, mesh_shape, device_bytes: int | None = None, *, seq_len: int |
     g = cfg.grpo
     prompts = g.prompts_per_step / (data * fsdp)
     kv = kv_cache_bytes(mc.llm, prompts, g.group_size, seq, g.max_new_tokens, c, tensor)
+    # a GRPO update micro-batch: [prompt | completion] rows, logits only at the N completion positions
+    g_rows = prompts * g.group_size / max(g.micro_batches, 1)
+    g_act = (llm_activation_bytes(mc.llm, g_rows, seq + g.max_new_tokens, c, tensor, mc.remat)
+             + 3 * 4 * g_rows * g.max_new_tokens * mc.llm.vocab_size / tensor
+             + longnet_activation_bytes(mc.slide, g_rows, patches))
     out = {"params": params, "grads": p_bytes * trainable, "optimizer": 2 * p_bytes * trainable,
-           "activations": act, "kv_cache": kv, "mesh": {"data": data, "fsdp": fsdp, "tensor": tensor},
-           "seq_len": seq, "batch": batch, "patches": patches}
+           "activations": act, "grpo_activations": g_act, "kv_cache": kv,
+           "mesh": {"data": data, "fsdp": fsdp, "tensor": tensor}, "seq_len": seq, "batch": batch,
+           "patches": patches}
     out["train_total"] = params + out["grads"] + out["optimizer"] + act
+    out["grpo_total"] = params + out["grads"] + out["optimizer"] + g_act
     out["rollout_total"] = params + kv
-    out["peak"] = max(out["train_total"], out["rollout_total"])
+    out["peak"] = max(out["train_total"], out["grpo_total"], out["rollout_total"])
     out["device_bytes"] = device_bytes
     out["fits"] = None if not device_bytes else out["peak"] <= device_bytes
     return out
@@ -145,6 +154,7 @@ def format_estimate(est: dict) -> str:
     dev = f" of {est['device_bytes'] / GiB:.1f} GiB" if est.get("device_bytes") else ""
     return (f"memory estimate per device (GiB; mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}, "
             f"batch {est['batch']} × {est['seq_len']} tokens): {parts}; train {est['train_total'] / GiB:.2f}, "
+            f"grpo update {est['grpo_total'] / GiB:.2f}, "
             f"rollout {est['rollout_total'] / GiB:.2f}, peak {est['peak'] / GiB:.2f}{dev}")
 
 
@@ -158,7 +168,7 @@ def check_fits(est: dict, headroom: float = 0.9) -> None:
         f"this preset needs ~{est['peak'] / GiB:.1f} GiB per device but {headroom:.0%} of the device's "
         f"{dev / GiB:.1f} GiB is {headroom * dev / GiB:.1f} GiB ({over:.1f}× too much). {format_estimate(est)}. "
         f"Try: more FSDP/tensor sharding (mesh.fsdp=, mesh.tensor=, or a preset from configs/mesh/), "
-        f"model.remat=true, a smaller sft.batch_size or more sft.grad_accum, LoRA (model.lora.enabled=true), "
+        f"model.remat=true, a smaller sft.batch_size or more sft.grad_accum / grpo.micro_batches, LoRA (model.lora.enabled=true), "
         f"fewer patches (data.sample_num=)")
 
 

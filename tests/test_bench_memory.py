@@ -49,7 +49,13 @@ def test_estimate_one_device_by_hand():
     assert est["activations"] == llm + logits + longnet == 584832
     # grpo defaults: 4 prompts of 24 tokens shared, 4·8 completions of 256 tokens; 2 layers × k,v × 2 heads × 16 × 4 B
     assert est["kv_cache"] == 2 * 2 * (4 * 24 + 4 * 8 * 256) * 2 * 16 * 4
-    assert est["peak"] == max(est["train_total"], est["rollout_total"])
+    # the GRPO update: 4·8 rows of 24 + 256 tokens, logits at the 256 completion positions
+    t = 24 + 256
+    g_llm = 2 * (4 * 32 * t * (4 * 64 + 2 * 4 * 16 + 2 * 2 * 16 + 3 * 128) + 4 * 32 * 4 * t * t)
+    g_logits = 3 * 4 * 32 * 256 * 256
+    g_longnet = 32 / 2 * longnet
+    assert est["grpo_activations"] == pytest.approx(g_llm + g_logits + g_longnet, rel=1e-12)
+    assert est["peak"] == max(est["train_total"], est["grpo_total"], est["rollout_total"])
 
 
 def test_estimate_sharded_by_hand():

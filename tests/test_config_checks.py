@@ -118,6 +118,15 @@ def test_batch_size_divisible_by_grad_accum_names_both_sources():
     assert "sft.grad_accum = 3 (<command line>)" in msg
 
 
+def test_grpo_micro_batches_must_split_the_rows_evenly_over_the_mesh():
+    msg = _error(None, ["grpo.micro_batches=3"])  # 4 prompts × 8 completions = 32 rows
+    assert msg.startswith("<command line>: key 'grpo.micro_batches'") and msg.endswith("got 3")
+    assert "must divide" in msg
+    # 32 rows in 8 micro-batches of 4, over data × fsdp = 8 devices: 4 is not a multiple of 8
+    msg = _error(None, ["grpo.micro_batches=8", "mesh.fsdp=8"])
+    assert "not a multiple" in msg and msg.endswith("got 8")
+
+
 def test_head_counts_must_fit(tmp_path):
     p = _yaml(tmp_path, "model:\n  llm: {hidden_size: 130, num_heads: 4, num_kv_heads: 2}\n")
     msg = _error(p)

@@ -165,6 +165,13 @@ RULES: dict = {
         ["grpo.group_size", "mesh.data", "mesh.fsdp"], lambda p, g, d, f: _mesh_multiple(p * g, d, f),
         "× {0} must be a multiple of {1} × {2}",
         why="grpo/step.py splits the prompts_per_step × group_size rows of an update over data × fsdp"))),
+    "grpo.micro_batches": (count, relation(
+        ["grpo.prompts_per_step", "grpo.group_size"], lambda m, p, g: (p * g) % m == 0,
+        "must divide {0} × {1}", why="grpo/step.py splits an update's rows into equal micro-batches"),
+        if_set(relation(["grpo.prompts_per_step", "grpo.group_size", "mesh.data", "mesh.fsdp"],
+                        lambda m, p, g, d, f: (p * g) % m != 0 or _mesh_multiple(p * g // m, d, f),
+                        "makes micro-batches of {0} × {1} / micro_batches rows, not a multiple of {2} × {3}",
+                        why="each micro-batch's rows are split over data × fsdp"))),
     "grpo.steps": count,
     "grpo.max_new_tokens": count,
     "grpo.temperature": above(0, why="logits are divided by it"),

@@ -167,6 +167,7 @@ class GRPOConfig:
     kl_coef: float = 0.05
     kl_beta: float = 0.04
     inner_epochs: int = 2
+    micro_batches: int = 1  # log-prob passes and updates in this many row splits (gradient accumulation)
     disable_dropout: bool = True  # dropout off in rollouts, old log-probs and updates (as verl)
     adv_scale: str = "group"  # group | batch | none
     dynamic_sampling: bool = False

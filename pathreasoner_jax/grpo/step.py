@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pathreasoner_jax.grpo.losses import policy_loss, token_entropy
 from pathreasoner_jax.sharding import use_mesh
+from pathreasoner_jax.train.micro import merge_rows, split_rows
 from pathreasoner_jax.train.params import finite_or_keep, init_opt_state, is_abstract, make_optimizer
 
 
@@ -71,32 +72,62 @@ class GRPOStep:
     kl_beta: float
     use_lora_for_ref: bool
     schedule: Callable = None  # step → learning rate (constant for GRPO)
+    micro_batches: int = 1  # the rows of a log-prob pass / update go through in this many splits
 
     def logprobs(self, trainable, frozen, seq, rng):
         """Policy log-probs (B,N) in training mode (dropout from `rng`; None: off)."""
-        model = nnx.merge(self.graphdef, trainable, frozen)
-        return completion_logprobs(model, seq, model.ctx(rng=rng), self.n_new, self.temperature)
+        def one(mb, key):
+            model = nnx.merge(self.graphdef, trainable, frozen)
+            return completion_logprobs(model, mb, model.ctx(rng=key), self.n_new, self.temperature)
+        return self._map_micro(one, seq, rng)
 
     def ref_logprobs(self, ref_trainable, frozen, seq):
         """The frozen reference policy (the starting checkpoint), deterministic."""
-        model = nnx.merge(self.graphdef, ref_trainable, frozen)
-        return completion_logprobs(model, seq, model.ctx(use_lora=self.use_lora_for_ref), self.n_new,
-                                   self.temperature)
+        def one(mb, _):
+            model = nnx.merge(self.graphdef, ref_trainable, frozen)
+            return completion_logprobs(model, mb, model.ctx(use_lora=self.use_lora_for_ref), self.n_new,
+                                       self.temperature)
+        return self._map_micro(one, seq, None)
+
+    def _map_micro(self, fn, seq, rng):
+        """`fn(micro_batch, dropout_key)` over the `micro_batches` splits of the rows, merged back
+        to (B, ...): one micro-batch's logits live at a time. Micro-batch i's key is the one
+        `update` gives it, so old log-probs and the first inner epoch see the same dropout."""
+        m = self.micro_batches
+        out = jax.lax.map(lambda xs: fn(xs[0], _micro_key(rng, xs[1])), (split_rows(seq, m), jnp.arange(m)))
+        return merge_rows(out, m)
 
     def update(self, trainable, frozen, opt_state, seq, old_logp, ref_logp, adv, rng):
-        def loss_fn(t):
+        """One optimizer step on all rows, accumulated over `micro_batches`: the loss is
+        Σ sums / Σ denominators (policy_loss's pairs), so any split gives the same step."""
+        def micro_loss(t, mb, key):
+            rows, old, ref, a = mb
             model = nnx.merge(self.graphdef, t, frozen)
-            logits = completion_logits(model, seq, model.ctx(rng=rng), self.n_new, self.temperature)
-            targets = seq["ids"][:, -self.n_new:]
+            logits = completion_logits(model, rows, model.ctx(rng=key), self.n_new, self.temperature)
+            targets = rows["ids"][:, -self.n_new:]
             logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
-            s, d, m = policy_loss(logp, old_logp, adv, seq["mask"], clip_eps_low=self.clip_eps_low,
+            s, d, m = policy_loss(logp, old, a, rows["mask"], clip_eps_low=self.clip_eps_low,
                                   clip_eps_high=self.clip_eps_high, agg=self.loss_agg, max_len=self.n_new,
-                                  ref_logp_bt=ref_logp, kl_mode=self.kl_mode, kl_beta=self.kl_beta)
+                                  ref_logp_bt=ref, kl_mode=self.kl_mode, kl_beta=self.kl_beta)
             ent = token_entropy(jax.lax.stop_gradient(logits))
-            m["entropy"] = jnp.sum(ent * seq["mask"]) / jnp.maximum(jnp.sum(seq["mask"]), 1.0)
-            return s / d, m
+            m["entropy"] = jnp.sum(ent * rows["mask"]) / jnp.maximum(jnp.sum(rows["mask"]), 1.0)
+            return s, (d, m)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+        def body(carry, xs):
+            gsum, lsum, dsum = carry
+            mb, i = xs
+            (s, (d, m)), g = grad_fn(trainable, mb, _micro_key(rng, i))
+            return (jax.tree.map(jnp.add, gsum, g), lsum + s, dsum + d), m
+
+        mbs = split_rows((seq, old_logp, ref_logp, adv), self.micro_batches)
+        zeros = jax.tree.map(jnp.zeros_like, trainable)
+        (gsum, lsum, dsum), ms = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)),
+                                             (mbs, jnp.arange(self.micro_batches)))
+        denom = jnp.maximum(dsum, 1e-8)
+        loss, grads = lsum / denom, jax.tree.map(lambda g: g / denom, gsum)
+        metrics = _token_weighted(ms)
         grad_norm = optax.global_norm(grads)
         updates, new_opt = self.tx.update(grads, opt_state, trainable)
         new_trainable = optax.apply_updates(trainable, updates)
@@ -127,6 +158,19 @@ class GRPOStep:
         return lp, ref, upd
 
 
+def _micro_key(rng, i):
+    return None if rng is None else jax.random.fold_in(rng, i)
+
+
+def _token_weighted(ms: dict) -> dict:
+    """Per-micro-batch token means (M,) → one mean over all tokens; `n_tokens` summed."""
+    n = ms["n_tokens"]
+    total = jnp.maximum(jnp.sum(n), 1.0)
+    out = {k: jnp.sum(v * n) / total for k, v in ms.items() if k != "n_tokens"}
+    out["n_tokens"] = jnp.sum(n)
+    return out
+
+
 def make_grpo_step(model, grpo_cfg, is_trainable: Callable, mesh: Mesh, use_lora_for_ref: bool):
     """Returns (GRPOStep, trainable, frozen, opt_state, ref_trainable)."""
     graphdef, trainable, frozen = nnx.split(model, is_trainable, ...)
@@ -136,5 +180,5 @@ def make_grpo_step(model, grpo_cfg, is_trainable: Callable, mesh: Mesh, use_lora
     ref_trainable = trainable if is_abstract(trainable) else jax.tree.map(jnp.copy, trainable)
     step = GRPOStep(graphdef, tx, mesh, grpo_cfg.max_new_tokens, grpo_cfg.temperature, grpo_cfg.clip_eps_low,
                     grpo_cfg.clip_eps_high, grpo_cfg.loss_agg, grpo_cfg.kl_mode, grpo_cfg.kl_beta,
-                    use_lora_for_ref, sched)
+                    use_lora_for_ref, sched, grpo_cfg.micro_batches)
     return step, trainable, frozen, opt_state, ref_trainable

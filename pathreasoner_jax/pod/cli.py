@@ -55,7 +55,8 @@ def compile_config(cfg, sl: Slice, stages, devices=None, log=print, layers_fit=N
     out = {"layers_fit": list(layers_fit) if layers_fit else None, "topology": sl.name, "libtpu_topology": sl.libtpu_name, "num_slices": sl.num_slices,
            "devices": sl.num_devices, "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
            "device_hbm_gib": sl.device_hbm_bytes / GiB, "peak_flops_per_device": sl.device_peak_flops,
-           "memory_estimate_gib": {"train": est["train_total"] / GiB, "rollout": est["rollout_total"] / GiB},
+           "memory_estimate_gib": {"train": est["train_total"] / GiB, "grpo": est["grpo_total"] / GiB,
+                                   "rollout": est["rollout_total"] / GiB},
            "stages": {}}
     for stage in stages:
         log(f"compile: {stage} on {sl.name} mesh {dict(mesh.shape)} …")
@@ -67,7 +68,7 @@ def compile_config(cfg, sl: Slice, stages, devices=None, log=print, layers_fit=N
         else:
             parts = _parts(cfg, model_cfg, stage, mesh, sl)
         out["stages"][stage] = stage_summary(stage, parts, sl)
-    ref = {"sft": "train", "grpo": "train", "rollout": "rollout"}
+    ref = {"sft": "train", "grpo": "grpo", "rollout": "rollout"}
     for stage, s in out["stages"].items():
         s["memory_estimate_gib"] = out["memory_estimate_gib"][ref[stage]]
         s["estimate_over_xla"] = s["memory_estimate_gib"] / s["peak_gib"] if s["peak_gib"] else None

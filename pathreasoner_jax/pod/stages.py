@@ -67,7 +67,7 @@ def stage_shapes(cfg) -> dict:
                     "patches": p, "grad_accum": cfg.sft.grad_accum},
             "grpo": {"prompts": g.prompts_per_step, "group_size": g.group_size, "patches": p,
                      "prompt_len": bucket(p + QUESTION_TOKENS, d.length_buckets), "new_tokens": g.max_new_tokens,
-                     "inner_epochs": g.inner_epochs}}
+                     "inner_epochs": g.inner_epochs, "micro_batches": g.micro_batches}}
 
 
 def _key():

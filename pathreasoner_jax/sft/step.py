@@ -21,12 +21,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pathreasoner_jax.sft.loss import sft_loss
 from pathreasoner_jax.sharding import use_mesh
+from pathreasoner_jax.train.micro import split_rows
 from pathreasoner_jax.train.params import finite_or_keep, init_opt_state, make_optimizer, trainable_filter
-
-def split_batch(batch: dict, micro: int) -> dict:
-    """(B, ...) → (micro, B / micro, ...)."""
-    return jax.tree.map(lambda x: x.reshape((micro, x.shape[0] // micro) + x.shape[1:]), batch)
-
 
 @dataclass
 class SFTStep:
@@ -46,7 +42,7 @@ class SFTStep:
             return s, n
 
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-        mbs = split_batch(batch, self.grad_accum)
+        mbs = split_rows(batch, self.grad_accum)
         zeros = jax.tree.map(jnp.zeros_like, trainable)
 
         def body(carry, xs):
