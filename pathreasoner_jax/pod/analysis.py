@@ -8,7 +8,11 @@ Peak bytes per device = arguments + outputs − aliased (donated state written i
 XLA's `cost_analysis` counts a loop body once: the chunked logits (`model.logits_chunk`, a
 scan) and gradient accumulation (a scan over micro-batches) are under-counted there, so
 the compute term takes the larger of XLA's count and the analytic one (`flops.py`); both
-are reported, and XLA's exceeding the analytic count shows recomputation (remat).
+are reported, and XLA's exceeding the analytic count shows recomputation (remat). The
+micro-batch scan (`sft.grad_accum`, `grpo.micro_batches`) wraps the whole forward and
+backward, so XLA's FLOPs and bytes accessed are multiplied by its trip count for the
+compute and HBM terms (over-counting the once-per-step optimizer update a little);
+collective bytes already count while loops by their trip counts (`pod/hlo.py`).
 
 Roofline of one executable: compute = that FLOP count / peak FLOP/s, memory = bytes accessed /
 HBM bandwidth, ICI = collective bytes / ICI bandwidth (pod/topology.py); the estimate is
@@ -80,6 +84,11 @@ def analyse(cfg, model_cfg, lowered, sl: Slice) -> dict:
     return roofline(part, cfg, model_cfg, sl)
 
 
+def micro_batch_loops(shapes: dict) -> int:
+    """Trip count of the micro-batch scan that wraps an executable's forward and backward."""
+    return int(shapes.get("micro_batches") or shapes.get("grad_accum") or 1)
+
+
 def roofline(part: dict, cfg, model_cfg, sl: Slice) -> dict:
     """Adds analytic FLOPs, the time terms, the estimate and MFU to a measured part."""
     model_flops = analytic_flops(cfg, model_cfg, part["name"], part["shapes"]) / sl.num_devices
@@ -93,8 +102,9 @@ def roofline(part: dict, cfg, model_cfg, sl: Slice) -> dict:
         est = prefill_s + max(hbm_s, ici_s)
         bound = "hbm (decode)" if hbm_s >= ici_s else "ici (decode)"
     else:
-        terms = {"compute_s": max(part["xla_flops"], model_flops) / sl.device_peak_flops,
-                 "hbm_s": part["bytes_accessed"] / sl.device_hbm_bw,
+        loops = micro_batch_loops(part["shapes"])
+        terms = {"compute_s": max(part["xla_flops"] * loops, model_flops) / sl.device_peak_flops,
+                 "hbm_s": part["bytes_accessed"] * loops / sl.device_hbm_bw,
                  "ici_s": part["ici_bytes"] / sl.device_ici_bw}
         bound = max(terms, key=terms.get)[:-2]
         est = max(terms.values())
