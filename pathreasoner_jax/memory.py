@@ -168,7 +168,8 @@ def check_fits(est: dict, headroom: float = 0.9) -> None:
         f"this preset needs ~{est['peak'] / GiB:.1f} GiB per device but {headroom:.0%} of the device's "
         f"{dev / GiB:.1f} GiB is {headroom * dev / GiB:.1f} GiB ({over:.1f}× too much). {format_estimate(est)}. "
         f"Try: more FSDP/tensor sharding (mesh.fsdp=, mesh.tensor=, or a preset from configs/mesh/), "
-        f"model.remat=true, a smaller sft.batch_size or more sft.grad_accum / grpo.micro_batches, LoRA (model.lora.enabled=true), "
+        f"model.remat=true, a smaller sft.batch_size or more sft.grad_accum / grpo.micro_batches, "
+        f"LoRA (model.lora.enabled=true), "
         f"fewer patches (data.sample_num=)")
 
 

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pathreasoner_jax.grpo.losses import policy_loss, token_entropy
 from pathreasoner_jax.sharding import use_mesh
-from pathreasoner_jax.train.micro import merge_rows, split_rows
+from pathreasoner_jax.train.micro import accumulate_grads, merge_rows, micro_key, split_rows
 from pathreasoner_jax.train.params import finite_or_keep, init_opt_state, is_abstract, make_optimizer
 
 
@@ -76,26 +76,23 @@ class GRPOStep:
 
     def logprobs(self, trainable, frozen, seq, rng):
         """Policy log-probs (B,N) in training mode (dropout from `rng`; None: off)."""
-        def one(mb, key):
-            model = nnx.merge(self.graphdef, trainable, frozen)
-            return completion_logprobs(model, mb, model.ctx(rng=key), self.n_new, self.temperature)
-        return self._map_micro(one, seq, rng)
+        return self._micro_logprobs(trainable, frozen, seq, rng, lambda model, key: model.ctx(rng=key))
 
     def ref_logprobs(self, ref_trainable, frozen, seq):
         """The frozen reference policy (the starting checkpoint), deterministic."""
-        def one(mb, _):
-            model = nnx.merge(self.graphdef, ref_trainable, frozen)
-            return completion_logprobs(model, mb, model.ctx(use_lora=self.use_lora_for_ref), self.n_new,
-                                       self.temperature)
-        return self._map_micro(one, seq, None)
+        return self._micro_logprobs(ref_trainable, frozen, seq, None,
+                                    lambda model, _: model.ctx(use_lora=self.use_lora_for_ref))
 
-    def _map_micro(self, fn, seq, rng):
-        """`fn(micro_batch, dropout_key)` over the `micro_batches` splits of the rows, merged back
-        to (B, ...): one micro-batch's logits live at a time. Micro-batch i's key is the one
-        `update` gives it, so old log-probs and the first inner epoch see the same dropout."""
+    def _micro_logprobs(self, trainable, frozen, seq, rng, ctx_of):
+        """Log-probs over the `micro_batches` splits of the rows, merged back to (B, N): one
+        micro-batch's logits live at a time. Micro-batch i's key is the one `update` gives it,
+        so old log-probs and the first inner epoch see the same dropout."""
+        def one(xs):
+            mb, i = xs
+            model = nnx.merge(self.graphdef, trainable, frozen)
+            return completion_logprobs(model, mb, ctx_of(model, micro_key(rng, i)), self.n_new, self.temperature)
         m = self.micro_batches
-        out = jax.lax.map(lambda xs: fn(xs[0], _micro_key(rng, xs[1])), (split_rows(seq, m), jnp.arange(m)))
-        return merge_rows(out, m)
+        return merge_rows(jax.lax.map(one, (split_rows(seq, m), jnp.arange(m))), m)
 
     def update(self, trainable, frozen, opt_state, seq, old_logp, ref_logp, adv, rng):
         """One optimizer step on all rows, accumulated over `micro_batches`: the loss is
@@ -113,18 +110,8 @@ class GRPOStep:
             m["entropy"] = jnp.sum(ent * rows["mask"]) / jnp.maximum(jnp.sum(rows["mask"]), 1.0)
             return s, (d, m)
 
-        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-
-        def body(carry, xs):
-            gsum, lsum, dsum = carry
-            mb, i = xs
-            (s, (d, m)), g = grad_fn(trainable, mb, _micro_key(rng, i))
-            return (jax.tree.map(jnp.add, gsum, g), lsum + s, dsum + d), m
-
-        mbs = split_rows((seq, old_logp, ref_logp, adv), self.micro_batches)
-        zeros = jax.tree.map(jnp.zeros_like, trainable)
-        (gsum, lsum, dsum), ms = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)),
-                                             (mbs, jnp.arange(self.micro_batches)))
+        gsum, lsum, dsum, ms = accumulate_grads(micro_loss, trainable, (seq, old_logp, ref_logp, adv),
+                                                self.micro_batches, rng)
         denom = jnp.maximum(dsum, 1e-8)
         loss, grads = lsum / denom, jax.tree.map(lambda g: g / denom, gsum)
         metrics = _token_weighted(ms)
@@ -156,10 +143,6 @@ class GRPOStep:
                       in_shardings=(sh(trainable), sh(frozen), sh(opt_state), rows, rows, rows, rows, None),
                       out_shardings=(sh(trainable), sh(opt_state), rep), donate_argnums=(0, 2))
         return lp, ref, upd
-
-
-def _micro_key(rng, i):
-    return None if rng is None else jax.random.fold_in(rng, i)
 
 
 def _token_weighted(ms: dict) -> dict:

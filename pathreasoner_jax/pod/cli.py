@@ -52,7 +52,8 @@ def compile_config(cfg, sl: Slice, stages, devices=None, log=print, layers_fit=N
     mesh = topology_mesh(devices, cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     model_cfg = resolve_model_config(cfg.model)
     est = memory.estimate(cfg, dict(mesh.shape), sl.device_hbm_bytes, model_cfg=model_cfg)
-    out = {"layers_fit": list(layers_fit) if layers_fit else None, "topology": sl.name, "libtpu_topology": sl.libtpu_name, "num_slices": sl.num_slices,
+    out = {"layers_fit": list(layers_fit) if layers_fit else None, "topology": sl.name,
+           "libtpu_topology": sl.libtpu_name, "num_slices": sl.num_slices,
            "devices": sl.num_devices, "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
            "device_hbm_gib": sl.device_hbm_bytes / GiB, "peak_flops_per_device": sl.device_peak_flops,
            "memory_estimate_gib": {"train": est["train_total"] / GiB, "grpo": est["grpo_total"] / GiB,

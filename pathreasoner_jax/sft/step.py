@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pathreasoner_jax.sft.loss import sft_loss
 from pathreasoner_jax.sharding import use_mesh
-from pathreasoner_jax.train.micro import split_rows
+from pathreasoner_jax.train.micro import accumulate_grads
 from pathreasoner_jax.train.params import finite_or_keep, init_opt_state, make_optimizer, trainable_filter
 
 @dataclass
@@ -39,19 +39,9 @@ class SFTStep:
         def micro_loss(t, mb, key):
             model = nnx.merge(self.graphdef, t, frozen)
             s, n = self.loss_fn(model, mb, model.ctx(rng=key))
-            return s, n
+            return s, (n, ())
 
-        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-        mbs = split_rows(batch, self.grad_accum)
-        zeros = jax.tree.map(jnp.zeros_like, trainable)
-
-        def body(carry, xs):
-            gsum, lsum, nsum = carry
-            mb, i = xs
-            (s, n), g = grad_fn(trainable, mb, jax.random.fold_in(rng, i))
-            return (jax.tree.map(jnp.add, gsum, g), lsum + s, nsum + n), None
-
-        (gsum, lsum, nsum), _ = jax.lax.scan(body, (zeros, 0.0, 0.0), (mbs, jnp.arange(self.grad_accum)))
+        gsum, lsum, nsum, _ = accumulate_grads(micro_loss, trainable, batch, self.grad_accum, rng)
         denom = jnp.maximum(nsum, 1.0)
         return lsum / denom, jax.tree.map(lambda g: g / denom, gsum), nsum
 

@@ -9,6 +9,7 @@ do not depend on which rows go together, so either split gives the same step.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 
 def split_rows(tree, micro: int):
@@ -25,3 +26,26 @@ def merge_rows(tree, micro: int):
         x = x.swapaxes(0, 1)
         return x.reshape((x.shape[0] * micro,) + x.shape[2:])
     return jax.tree.map(merge, tree)
+
+
+def micro_key(rng, i):
+    """Micro-batch i's dropout key (None: dropout off)."""
+    return None if rng is None else jax.random.fold_in(rng, i)
+
+
+def accumulate_grads(loss_fn, params, rows, micro: int, rng):
+    """Scans `loss_fn(params, micro_batch, key) → (sum, (denominator, aux))` over the `micro`
+    splits of `rows` → (gradient sum, loss sum, denominator sum, aux stacked (micro, ...)).
+    The caller divides by the denominator sum once, so the step equals one big batch."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def body(carry, xs):
+        gsum, lsum, dsum = carry
+        mb, i = xs
+        (s, (d, aux)), g = grad_fn(params, mb, micro_key(rng, i))
+        return (jax.tree.map(jnp.add, gsum, g), lsum + s, dsum + d), aux
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (gsum, lsum, dsum), aux = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)),
+                                           (split_rows(rows, micro), jnp.arange(micro)))
+    return gsum, lsum, dsum, aux
