@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.torch_baseline import rewards as RT
+from pathreasoner_jax.data.store import Entities
 from pathreasoner_jax.grpo import rewards as R
 
 DEMO_ENTITIES = ["invasive ductal carcinoma", "ductal carcinoma in situ", "lobular carcinoma", "carcinoma",
@@ -80,6 +81,8 @@ def bench_rewards(batch_sizes: Sequence[int] = (64, 256, 1024), tok=None, seq_le
     sim = nrng.uniform(0, 1, (e, e)).astype(np.float32)
     sim = np.maximum(sim, sim.T)
     np.fill_diagonal(sim, 1.0)
+    ents = Entities({"entities": [{"name": n} for n in DEMO_ENTITIES],
+                     "similarity": [[i, j, float(sim[i, j])] for i in range(e) for j in range(i + 1, e)]})
     eos, pad = tok.convert_ids_to_tokens(sid.eos), tok.convert_ids_to_tokens(sid.pad)
     python_repeats = python_repeats or min(repeats, 3)
     fn = R.compute_rewards  # jitted
@@ -98,14 +101,12 @@ def bench_rewards(batch_sizes: Sequence[int] = (64, 256, 1024), tok=None, seq_le
             x = tok.encode(r, add_special_tokens=False)[:ref_len]
             ref_ids[i, :len(x)], ref_mask[i, :len(x)] = x, 1
         gt_sets = [set(nrng.choice(e, size=3, replace=False).tolist()) for _ in range(b)]
-        gt = np.zeros((b, e), bool)
-        for i, g in enumerate(gt_sets):
-            gt[i, list(g)] = True
-        dev = [jnp.asarray(x) for x in (ids, mask, gt, sim)]
+        ctx = {k: jnp.asarray(v) for k, v in ents.context(gt_sets, 3, e).items()}
+        dev = [jnp.asarray(ids), jnp.asarray(mask), ctx]
         dref = [jnp.asarray(ref_ids), jnp.asarray(ref_mask)]
 
         def run_device():
-            jax.block_until_ready(fn(dev[0], dev[1], dev[2], dev[3], tables, lex, dref[0], dref[1]))
+            jax.block_until_ready(fn(dev[0], dev[1], dev[2], tables, lex, dref[0], dref[1]))
 
         t0 = time.perf_counter()
         run_device()

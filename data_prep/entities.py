@@ -2,8 +2,16 @@
 importing data_prep.
 
 {"entities": [{"name", "type", "synonyms"}], "similarity": [[i, j, s], ...]} with i < j
-(symmetric), s = 0.5 ** (d − 1) for graph distance d ∈ {1, 2, 3} in the undirected KG,
-and s = 1 for two entries that share a name. Pairs further apart are absent (s = 0).
+(symmetric), s = 0.5 ** d for graph distance d ∈ {1, 2, 3} in the undirected KG (0.5,
+0.25, 0.125), and s = 1 for two entries that share a name (synonyms of one entity are one
+entry already). Pairs further apart are absent (s = 0).
+
+Why a neighbour scores at most 0.5: adding an entity e ∉ G to a prediction changes the
+entity Dice from N/D to (N + 2β·s)/(D + 1), which raises it only while 2β·s exceeds the
+current Dice. With β = 0.5 and s ≤ 0.5 that is at most 0.5, so padding an answer with
+neighbours of the ground truth lowers an exact answer's Dice of 1 and cannot lift any
+answer above 0.5. (The reference's 0.5 ** (d − 1) gave a direct neighbour 1.0, like a
+synonym: neighbours never lowered the Dice, and enough of them approached 1.)
 For large graphs (PrimeKG) only the corpus entities are BFS sources and each keeps its
 `max_similar` nearest neighbours, so the file stays small.
 """
@@ -18,7 +26,7 @@ MAX_DISTANCE = 3
 
 
 def similarity(d: int) -> float:
-    return 0.5 ** (d - 1)
+    return 0.5 ** d
 
 
 def build_entities(kg: KnowledgeGraph, corpus_entities: set[str] | None = None, max_full: int = 20000,
@@ -49,7 +57,7 @@ def build_entities(kg: KnowledgeGraph, corpus_entities: set[str] | None = None, 
                     pairs[(a, b)] = 1.0
     sim = [[i, j, round(s, 6)] for (i, j), s in sorted(pairs.items())]
     return {"entities": entities, "similarity": sim, "max_distance": MAX_DISTANCE,
-            "formula": "0.5 ** (d - 1)", "kg_source": kg.source}
+            "formula": "0.5 ** d", "kg_source": kg.source}
 
 
 def write_entities(path: str, kg: KnowledgeGraph, corpus_entities: set[str] | None = None) -> dict:

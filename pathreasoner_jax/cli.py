@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", default="", help="also write the figures as JSON here")
             p.add_argument("--layers-fit", default="", help="A,B: compile with A and B decoder layers and "
                            "extrapolate linearly to the model's (minutes instead of an hour for 7B on a laptop)")
+            if name == "compile":
+                p.add_argument("--dump-dir", default="", help="XLA's dumps of each compiled executable here "
+                               "(optimized HLO, buffer assignment, memory-usage report); the largest heap "
+                               "allocations then appear in the report and the JSON")
             if name == "plan":
                 p.add_argument("--meshes", default="", help="only these DATAxFSDPxTENSOR candidates, e.g. "
                                "1x32x1,2x16x1 (default: every factorisation whose data×fsdp divides the batch)")

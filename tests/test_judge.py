@@ -184,7 +184,8 @@ def test_failures_are_counted_by_kind_and_reach_the_reward_function(stub, monkey
     fn = rf.make_reward_fn(_rt(stub), entities, _Prompts())
     assert fn.failure_counts() == {}
     rollout = {"tokens": np.arange(4).reshape(4, 1), "mask": np.ones((4, 1), np.int32)}
-    batch = {"ids": np.zeros((2, 1)), "row_key": np.arange(2), "gt_entities": np.zeros((2, 1)),
+    batch = {"ids": np.zeros((2, 1)), "row_key": np.arange(2), "gt_ids": np.zeros((2, 1)),
+             "near_ids": np.zeros((2, 1)), "near_sim": np.zeros((2, 1)),
              "ref_ids": np.zeros((2, 1)), "ref_mask": np.zeros((2, 1))}
     sem = np.asarray(fn(rollout, batch, 2)["semantic"])
     np.testing.assert_allclose(sem, [0.8, 0, 0, 0.8])

@@ -73,6 +73,31 @@ ENTRY %main.1_spmd (a: bf16[16,256]) -> f32[8,128] {
 """
 
 
+REPORT = """Memory Space: default (color=0)
+Total bytes: 3353743360 (3.12GiB)
+  cumulative_size;       size;       offset; used_by_n_values; shapes_list
+  ------------------------------------------------------------
+    1.16GiB( 29%);    1.16GiB;   1918304256;                1; f32[1,2048,151936]
+    2.32GiB( 57%);    1.16GiB;    673644544;                4; bf16[1,2048,896], f32[2048,151936]
+    2.79GiB( 69%);  224.00MiB;    358776832;                1; f32[1,2,2048,7,2048]
+   3.51GiB( 86%);   64.00MiB;    205914112;                2; 2×f32[1,2,8,1024,1024]
+  The rest 3937 values are less than 5% of the total size and not shown.
+
+  cumulative_size;       size;       offset; used_by_n_values; shapes_list
+  ------------------------------------------------------------
+   64.91MiB(100%);   64.91MiB;            0;                1; f32[151936,112]
+"""
+
+
+def test_memory_report_rows_are_read_largest_first_from_the_default_space():
+    from pathreasoner_jax.pod.buffers import largest_allocations
+    rows = largest_allocations(REPORT, n=3)
+    assert [r["bytes"] for r in rows] == [int(1.16 * 2**30), int(1.16 * 2**30), 224 * 2**20]
+    assert rows[1] == {"bytes": int(1.16 * 2**30), "values": 4, "shapes": "bf16[1,2048,896], f32[2048,151936]"}
+    # the second table (another memory space) is not the heap
+    assert all("151936,112" not in r["shapes"] for r in largest_allocations(REPORT, n=10))
+
+
 def test_collective_counter_on_a_hand_written_module():
     c = collective_bytes(HLO, unknown_trip_count=3)
     # the all-gather: 64·256 bf16 = 32768 B; the async start: its larger buffer, the same
@@ -83,7 +108,7 @@ def test_collective_counter_on_a_hand_written_module():
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tmp_path_factory):
     if not T.libtpu_available():
         pytest.skip("libtpu not installed (pip install 'jax[tpu]')")
     from pathreasoner_jax.config import load_config
@@ -91,7 +116,9 @@ def tiny():
     cfg = load_config(os.path.join(HERE, "pod_tiny.yaml"))
     sl = T.parse_slice("v5e-4")
     devices = T.slice_devices(sl)
-    return cfg, sl, devices, compile_config(cfg, sl, ("sft", "grpo", "rollout"), devices, log=lambda *_: None)
+    dump = str(tmp_path_factory.mktemp("xla_dump"))
+    return cfg, sl, devices, compile_config(cfg, sl, ("sft", "grpo", "rollout"), devices, log=lambda *_: None,
+                                            dump_dir=dump)
 
 
 @needs_libtpu
@@ -136,6 +163,19 @@ def test_sft_argument_bytes_are_the_sharded_params_optimizer_and_batch(tiny):
     got = rep["stages"]["sft"]["parts"][0]["memory"]["arguments"]
     scalars = 4  # the step, two AdamW counts, the dropout key: each padded to at most one 4 KiB tile
     assert expected <= got <= expected + scalars * 4096, (got, expected)
+
+
+@needs_libtpu
+def test_dumped_heap_names_the_attention_probabilities(tiny):
+    cfg, _, _, rep = tiny
+    part = rep["stages"]["sft"]["parts"][0]
+    top = part["largest_allocations"]
+    assert top and sum(a["bytes"] for a in top) <= part["memory"]["temporaries"]
+    # the largest single activation: XLA attention's fp32 probabilities of one device's
+    # 8 rows, 4 heads (as 2 KV groups × 2), 256 × 256 tokens = 8 MiB
+    rows, heads, t = cfg.sft.batch_size // 4, cfg.model.llm.num_heads, 256
+    assert top[0]["bytes"] == rows * heads * t * t * 4
+    assert "f32[" in top[0]["shapes"]
 
 
 @needs_libtpu

@@ -144,11 +144,15 @@ def test_entities_json_similarity_numbers(tmp_path):
     assert [e["name"] for e in raw["entities"]] == list("abcde")
     assert raw["entities"][1]["synonyms"] == ["bee"]
     ents = load_entities(str(tmp_path))
-    # 0.5 ** (d − 1) within distance 3, absent beyond
-    assert ents.sim(0, 0) == 1.0 and ents.sim(0, 1) == 1.0 and ents.sim(0, 2) == 0.5
-    assert ents.sim(0, 3) == 0.25 and ents.sim(0, 4) == 0.0 and ents.sim(3, 0) == 0.25
+    # 0.5 ** d within distance 3, absent beyond: a neighbour is never worth a synonym
+    assert ents.sim(0, 0) == 1.0 and ents.sim(0, 1) == 0.5 and ents.sim(0, 2) == 0.25
+    assert ents.sim(0, 3) == 0.125 and ents.sim(0, 4) == 0.0 and ents.sim(3, 0) == 0.125
     assert ents.index["bee"] == 1
-    assert ents.sim_matrix().shape == (5, 5)
+    # the sparse neighbourhood of G = {b, d}: a, c, e at distance 1 (c from both), nothing else
+    assert ents.near([1, 3]) == [(0, 0.5), (2, 0.5), (4, 0.5)]
+    ctx = ents.context([[1, 3], []], k=3, m=2)
+    assert ctx["gt_ids"].tolist() == [[1, 3, -1], [-1, -1, -1]]
+    assert ctx["near_ids"].tolist() == [[0, 2], [-1, -1]] and ctx["near_sim"].tolist() == [[0.5, 0.5], [0, 0]]
 
 
 def test_pathology_graph_errors(tmp_path):

@@ -13,9 +13,9 @@ from pathreasoner_jax.data.prompts import REF_MULTIPLE, PromptBuilder
 from sft_fixtures import make_dataset, make_tokenizer
 
 
-class _Entities:
-    names = ["a"]
-    index = {"a": 0}
+def _Entities():
+    from pathreasoner_jax.data.store import Entities
+    return Entities({"entities": [{"name": "a"}], "similarity": []})
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ SYNONYMS = [("IDC", 0), ("DCIS", 1), ("LVI", 3), ("TILs", 11), ("SCC", 8), ("SCC
 SURFACES = [(s, i) for i, s in enumerate(ENTITIES)] + SYNONYMS
 E = len(ENTITIES)
 FOUND, FORMAT, ROUGE = jax.jit(R.entities_found), jax.jit(R.format_reward), jax.jit(R.rouge_l)
-DICE = jax.jit(R.entity_dice, static_argnames=("max_gt",))
+DICE = jax.jit(R.entity_dice)
 WORDS = ["the", "tumor", "cells", "show", "with", "and", "of", "atypical", "glands", "stroma", "patient's",
          "biopsy", "grade", "high", "low", "x", "3", "is", "in", "consistent", "features", "margin", "nuclei"]
 WS = ["", " ", "\n", "\n\n", " \n", "\t"]
@@ -154,10 +154,21 @@ def _batch(rw, n, seed):
     refs = [_content(rng, rng.randint(1, 4)) for _ in range(n)]
     ref_ids, ref_mask = _pad([_enc(tok, r) for r in refs], max(len(_enc(tok, r)) for r in refs) + 1)
     gts = [set(rng.sample(range(E), rng.choice([0, 1, 2, 3, 5]))) for _ in range(n)]
-    gt = np.zeros((n, E), bool)
-    for i, g in enumerate(gts):
-        gt[i, list(g)] = True
-    return texts, ids, mask, ref_ids, ref_mask, refs, gts, gt
+    return texts, ids, mask, ref_ids, ref_mask, refs, gts, _ctx(gts, rw["sim"])
+
+
+def _ctx(gt_sets, sim, k=8, m=E):
+    """The sparse entity context from a dense similarity, by brute force over every pair."""
+    n = len(gt_sets)
+    ctx = {"gt_ids": np.full((n, k), -1, np.int32), "near_ids": np.full((n, m), -1, np.int32),
+           "near_sim": np.zeros((n, m), np.float32)}
+    for r, g in enumerate(gt_sets):
+        ctx["gt_ids"][r, :len(g)] = sorted(g)
+        near = [(e, max(float(sim[e][x]) for x in g)) for e in range(len(sim)) if e not in g and g]
+        near = [(e, v) for e, v in near if v > 0]
+        for j, (e, v) in enumerate(near):
+            ctx["near_ids"][r, j], ctx["near_sim"][r, j] = e, v
+    return {key: jnp.asarray(v) for key, v in ctx.items()}
 
 
 def test_entities_span_several_tokens(rw):
@@ -169,10 +180,9 @@ def test_entities_span_several_tokens(rw):
 
 def test_device_rewards_equal_python_twins(rw):
     n = 240
-    texts, ids, mask, ref_ids, ref_mask, refs, gts, gt = _batch(rw, n, seed=7)
+    texts, ids, mask, ref_ids, ref_mask, refs, gts, ctx = _batch(rw, n, seed=7)
     tok, sid = rw["tok"], rw["sid"]
-    out = R.compute_rewards(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(gt), jnp.asarray(rw["sim"]),
-                            rw["tables"], rw["lex"], jnp.asarray(ref_ids), jnp.asarray(ref_mask),
+    out = R.compute_rewards(jnp.asarray(ids), jnp.asarray(mask), ctx, rw["tables"], rw["lex"], jnp.asarray(ref_ids), jnp.asarray(ref_mask),
                             alpha=0.5, beta=0.5)
     out = {k: np.asarray(v) for k, v in out.items()}
     twin = RT.rewards_text(tok, ids, mask, gts, rw["sim"], refs, rw["matcher"], alpha=0.5, beta=0.5,
@@ -233,20 +243,63 @@ def test_format_never_reads_the_prompt(rw):
     assert float(FORMAT(jnp.asarray(p_ids), jnp.asarray(p_mask), rw["tables"])[0]) == 0.0
 
 
+def _dice(p_rows, gt_sets, sim, beta=0.5):
+    ctx = _ctx(gt_sets, sim, k=4, m=len(sim))
+    return np.asarray(DICE(jnp.asarray(np.asarray(p_rows, bool)), ctx["gt_ids"], ctx["near_ids"],
+                           ctx["near_sim"], beta))
+
+
 def test_entity_dice_hand_numbers():
     sim = np.zeros((5, 5), np.float32)
     sim[3, 0], sim[3, 1], sim[4, 1] = 0.8, 0.4, 0.5
-    p = np.array([[1, 1, 0, 0, 0], [1, 0, 0, 1, 1], [0, 0, 0, 0, 0], [0, 0, 0, 1, 0], [1, 1, 1, 1, 1]], bool)
-    g = np.array([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], bool)
+    sim = np.maximum(sim, sim.T)
+    p = [[1, 1, 0, 0, 0], [1, 0, 0, 1, 1], [0, 0, 0, 0, 0], [0, 0, 0, 1, 0], [1, 1, 1, 1, 1]]
+    g = [{0, 1}, {0, 1}, set(), set(), {0}]
     # row1: 2(1 + .5(.8 + .5))/(3+2) = .66; row3: P only → 0; row4: 2(1 + .5·.8)/(5+1) = .4667
-    want = [1.0, 0.66, 0.0, 0.0, 2 * 1.4 / 6]
-    for max_gt in (None, 2):
-        got = DICE(jnp.asarray(p), jnp.asarray(g), jnp.asarray(sim), 0.5, max_gt=max_gt)
-        np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+    np.testing.assert_allclose(_dice(p, g, sim), [1.0, 0.66, 0.0, 0.0, 2 * 1.4 / 6], atol=1e-6)
     # capped at 1 (the soft term can push Dice past 1 only through sim > 1, e.g. unnormalised KG scores)
-    big = np.full((5, 5), 5.0, np.float32)
-    got = DICE(jnp.asarray(p[1:2]), jnp.asarray(g[1:2]), jnp.asarray(big), 0.5)
-    assert float(got[0]) == 1.0
+    assert float(_dice(p[1:2], g[1:2], np.full((5, 5), 5.0, np.float32))[0]) == 1.0
+    # a context list cut short drops the least similar neighbour only: row 1 with m = 1 keeps .8
+    ctx = _ctx(g[1:2], sim, k=4, m=5)
+    order = np.argsort(-np.asarray(ctx["near_sim"][0]), kind="stable")[:1]
+    got = DICE(jnp.asarray(np.asarray(p[1:2], bool)), ctx["gt_ids"], ctx["near_ids"][:, order],
+               ctx["near_sim"][:, order], 0.5)
+    assert abs(float(got[0]) - 2 * (1 + 0.5 * 0.8) / 5) < 1e-6
+
+
+def test_padding_with_neighbours_never_beats_the_exact_answer(tmp_path):
+    """Anti-gaming (the KG similarity of data_prep.entities): listing neighbours of G on top
+    of the exact answer lowers the entity Dice, and neighbours alone stay at most 0.5."""
+    from data_prep.entities import write_entities
+    from data_prep.kg_graph import KnowledgeGraph
+    from pathreasoner_jax.data.store import load_entities
+    kg = KnowledgeGraph()
+    names = [f"n{i}" for i in range(12)]
+    for n in names:
+        kg.add_entity(n, n, "finding")
+    for i in range(1, 12):  # a star around n0 and a chain n1–n2–…–n11
+        kg.add_relation("n0", "r", names[i])
+        if i > 1:
+            kg.add_relation(names[i - 1], "r", names[i])
+    write_entities(str(tmp_path / "entities.json"), kg)
+    ents = load_entities(str(tmp_path))
+    idx = {n: i for i, n in enumerate(ents.names)}
+    gt = {idx["n0"], idx["n5"]}
+    near = [e for e, _ in ents.near(gt)]
+    assert len(near) == 10 and all(s <= 0.5 for _, s in ents.near(gt))
+    ctx = {k: jnp.asarray(v) for k, v in ents.context([gt] * (len(near) + 1), 4, 16).items()}
+    exact_plus = np.zeros((len(near) + 1, len(names)), bool)
+    alone = np.zeros_like(exact_plus)
+    for k in range(len(near) + 1):
+        exact_plus[k, list(gt)] = True
+        exact_plus[k, near[:k]] = True
+        alone[k, near[:k]] = True
+    d_plus = np.asarray(DICE(jnp.asarray(exact_plus), ctx["gt_ids"], ctx["near_ids"], ctx["near_sim"], 0.5))
+    d_alone = np.asarray(DICE(jnp.asarray(alone), ctx["gt_ids"], ctx["near_ids"], ctx["near_sim"], 0.5))
+    assert d_plus[0] == 1.0 and np.all(np.diff(d_plus) < 0)  # every extra neighbour costs
+    assert d_alone.max() <= 0.5 and np.all(d_alone < d_plus)
+    # hand number: G = {n0, n5} + 2 direct neighbours (0.5 each): 2(2 + .5(.5 + .5))/(4 + 2) = .8333
+    assert abs(d_plus[2] - 2 * 2.5 / 6) < 1e-6
 
 
 def test_lcs_scan_matches_textbook_dp():
@@ -288,9 +341,8 @@ def test_semantic_scores_from_the_caller(rw):
     rows = [_enc(tok, "<observe>necrosis</observe><think>carcinoma</think><answer>IDC</answer>") + [sid.eos],
             _enc(tok, "no tags at all, necrosis")]
     ids, mask = _pad(rows, max(map(len, rows)), fill=sid.pad)
-    gt = np.zeros((2, E), bool)
-    gt[:, 4] = True  # necrosis
-    args = (jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(gt), jnp.asarray(rw["sim"]), rw["tables"], rw["lex"])
+    ctx = _ctx([{4}, {4}], rw["sim"])  # G = {necrosis}
+    args = (jnp.asarray(ids), jnp.asarray(mask), ctx, rw["tables"], rw["lex"])
     out = R.compute_rewards(*args, semantic_b=jnp.array([0.25, 0.75]), semantic="judge", alpha=0.5)
     d0 = 2 * (1 + 0.5 * rw["sim"][2, 4]) / (2 + 1)  # P = {necrosis, carcinoma}, G = {necrosis}
     np.testing.assert_allclose(np.asarray(out["entity"]), [d0, 0.0], atol=1e-6)

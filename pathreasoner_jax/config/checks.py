@@ -203,6 +203,7 @@ RULES: dict = {
     "rewards.judge_timeout_s": positive,
     "rewards.judge_retries": non_negative,
     "rewards.judge_concurrency": count,
+    "rewards.max_near": count,
     # ---------------------------------------------------------------- eval, run, bench
     "eval.split": one_of(*SPLITS, why="the splits `prepare` writes"),
     "eval.batch_size": count,

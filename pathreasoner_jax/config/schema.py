@@ -192,6 +192,9 @@ class RewardsConfig:
     judge_timeout_s: float = 30.0
     judge_retries: int = 3
     judge_concurrency: int = 8
+    # per prompt, at most this many KG neighbours of its ground-truth entities reach the
+    # entity reward's soft term (the most similar; grpo.rewards.entity_dice)
+    max_near: int = 256
 
 
 @dataclass

@@ -23,12 +23,19 @@ class PromptBuilder:
 
     def __init__(self, rt, samples, slides, entities, extra_rows=()):
         """rt: a `runtime.Runtime`; samples: random-access SampleRecords; entities: `store.Entities`;
-        extra_rows: other SampleRecords that will be batched with `batch_rows` (eval suites)."""
+        extra_rows: other SampleRecords that will be batched with `batch_rows` (eval suites).
+        A batch holds each prompt's entity context for the reward ("gt_ids" (B, max_gt),
+        "near_ids"/"near_sim" (B, max_near); `store.Entities.context`)."""
         self.rt, self.samples, self.slides = rt, samples, slides
         self.enc = ExampleEncoder(rt.tokenizer, rt.ids.image, rt.cfg.data.sample_num)
+        self.entities = entities
         self.index = entities.index  # lower-case name or synonym → entity
-        self.num_entities = max(len(entities.names), 1)
         rows = [samples[i] for i in range(len(samples))] + list(extra_rows)
+        # the entity context's widths, from every sample so that batches keep one shape
+        gts = [self.gt_ids(s) for s in rows]
+        self.max_gt = _round_up(max([len(g) for g in gts] + [1]), 8)
+        near = max([len(entities.near(g)) for g in gts] + [1])
+        self.max_near = _round_up(min(near, rt.cfg.rewards.max_near), 16)
         questions = {s.question for s in rows}
         longest_q = max(len(self.enc.prompt_ids(q, 0)) for q in questions)
         self.prompt_len = bucket(rt.cfg.data.sample_num + longest_q, rt.cfg.data.length_buckets)
@@ -40,6 +47,10 @@ class PromptBuilder:
         self.ref_len = -(-longest_a // REF_MULTIPLE) * REF_MULTIPLE
         self.order = np.random.default_rng(rt.cfg.run.seed).permutation(len(samples))
         self.extra: list = []  # rows given directly (eval), addressed by negative keys
+
+    def gt_ids(self, sample) -> list[int]:
+        """The sample's ground-truth entities that are in the lexicon, as distinct indices."""
+        return sorted({self.index[e.lower()] for e in sample.entities if e.lower() in self.index})
 
     def sample_at(self, i: int):
         return self.samples[int(self.order[i % len(self.order)])]
@@ -64,7 +75,6 @@ class PromptBuilder:
         f = self.slides[rows[0].slide_id].features.shape[1]
         out = {"ids": np.full((n, tp), ids.pad, np.int32), "text_valid": np.zeros((n, tp), bool),
                "features": np.zeros((n, p, f), np.float32), "patch_valid": np.zeros((n, p), bool),
-               "gt_entities": np.zeros((n, self.num_entities), np.float32),
                "ref_ids": np.full((n, self.ref_len), ids.pad, np.int32),
                "ref_mask": np.zeros((n, self.ref_len), bool),
                "row_key": np.asarray(positions, np.int64)}
@@ -79,12 +89,14 @@ class PromptBuilder:
             out["text_valid"][r, tp - len(prompt):] = True
             out["features"][r, :len(idx)] = slide.features[idx]
             out["patch_valid"][r, :len(idx)] = True
-            for e in s.entities:
-                if e.lower() in self.index:
-                    out["gt_entities"][r, self.index[e.lower()]] = 1.0
             ref = self.rt.tokenizer(s.answer, add_special_tokens=False)["input_ids"]
             if len(ref) > self.ref_len:
                 raise UserError(f"reference answer of sample {s.sample_id!r} has {len(ref)} tokens, more than this "
                                 f"run's reference length {self.ref_len}")
             out["ref_ids"][r, :len(ref)], out["ref_mask"][r, :len(ref)] = ref, True
+        out.update(self.entities.context([self.gt_ids(s) for s in rows], self.max_gt, self.max_near))
         return {k: jnp.asarray(v) for k, v in out.items()}
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

@@ -125,7 +125,9 @@ class SlideStore:
 class Entities(dict):
     """The entities.json mapping as loaded ({"entities": [...], "similarity": [[i, j, s]]}),
     plus helpers: names/types/synonyms by index, `sim(i, j)` (symmetric, 1 on the
-    diagonal, 0 for pairs further than the KG distance cut-off) and `sim_matrix()`."""
+    diagonal, 0 for pairs further than the KG distance cut-off), `near(G)` (the sparse
+    KG neighbourhood of a ground-truth set) and `context` (those padded for a batch).
+    No dense (E, E) matrix: a PrimeKG lexicon has ~10⁵ entities."""
 
     def __init__(self, data: dict):
         super().__init__(data)
@@ -133,10 +135,12 @@ class Entities(dict):
         self.names = [e["name"] for e in ents]
         self.types = [e.get("type", "") for e in ents]
         self.synonyms = [list(e.get("synonyms", [])) for e in ents]
-        self.similarity: dict[tuple[int, int], float] = {}
+        self.adjacent: dict[int, dict[int, float]] = {}
         for i, j, s in self.get("similarity", []):
-            self.similarity[(int(i), int(j))] = float(s)
-            self.similarity[(int(j), int(i))] = float(s)
+            i, j, s = int(i), int(j), float(s)
+            if i != j and s > 0:
+                self.adjacent.setdefault(i, {})[j] = s
+                self.adjacent.setdefault(j, {})[i] = s
 
     @property
     def index(self) -> dict[str, int]:
@@ -148,15 +152,36 @@ class Entities(dict):
         return out
 
     def sim(self, i: int, j: int) -> float:
-        return 1.0 if i == j else self.similarity.get((i, j), 0.0)
+        return 1.0 if i == j else self.adjacent.get(i, {}).get(j, 0.0)
 
-    def sim_matrix(self) -> np.ndarray:
-        """(E, E) float32 dense similarity with 1 on the diagonal (small lexicons only)."""
-        n = len(self.names)
-        m = np.eye(n, dtype=np.float32)
-        for (i, j), s in self.similarity.items():
-            m[i, j] = s
-        return m
+    def near(self, gt) -> list[tuple[int, float]]:
+        """[(e, max_{g∈G} sim(e, g))] for every e ∉ G with a positive similarity to G,
+        most similar first (ties by index)."""
+        g = set(gt)
+        best: dict[int, float] = {}
+        for i in g:
+            for j, s in self.adjacent.get(i, {}).items():
+                if j not in g and s > best.get(j, 0.0):
+                    best[j] = s
+        return sorted(best.items(), key=lambda t: (-t[1], t[0]))
+
+    def context(self, gt_sets, k: int, m: int) -> dict:
+        """Per row the reward's entity context (`grpo.rewards.entity_dice`): "gt_ids" (n, k)
+        int32 and "near_ids"/"near_sim" (n, m), −1/0 padded. A row with more than m
+        neighbours keeps the m most similar (the soft term then under-counts the rest);
+        more than k ground-truth entities is an error (it would change |G|)."""
+        n = len(gt_sets)
+        out = {"gt_ids": np.full((n, k), -1, np.int32), "near_ids": np.full((n, m), -1, np.int32),
+               "near_sim": np.zeros((n, m), np.float32)}
+        for r, g in enumerate(gt_sets):
+            g = sorted(set(g))
+            if len(g) > k:
+                raise ValueError(f"row {r}: {len(g)} ground-truth entities, more than the context's {k}")
+            out["gt_ids"][r, :len(g)] = g
+            near = self.near(g)[:m]
+            if near:
+                out["near_ids"][r, :len(near)], out["near_sim"][r, :len(near)] = zip(*near)
+        return out
 
 
 def load_entities(prep_dir: str) -> Entities:

@@ -56,7 +56,6 @@ def make_reward_fn(rt: Runtime, entities, prompts: PromptBuilder, judge_model=No
     names = entities.names
     surfaces = [(s, i) for i, e in enumerate(entities["entities"]) for s in [e["name"]] + list(e.get("synonyms", []))]
     lex = compile_lexicon(rt.tokenizer, surfaces, max(len(names), 1))
-    sim = jnp.asarray(entities.sim_matrix() if names else np.zeros((1, 1), np.float32))
     judge = make_semantic_scorer(rt, prompts, judge_model)
 
     def reward_fn(rollout, batch, group_size: int):
@@ -65,7 +64,8 @@ def make_reward_fn(rt: Runtime, entities, prompts: PromptBuilder, judge_model=No
             raise ValueError(f"rollout has {rows} completions for {prompts_n} prompts × G={group_size}")
         rep = lambda x: jnp.repeat(x, group_size, axis=0)  # noqa: E731
         sem = judge(rollout, batch, group_size) if judge else None
-        return compute_rewards(rollout["tokens"], rollout["mask"], rep(batch["gt_entities"]), sim, tables, lex,
+        ctx = {k: rep(batch[k]) for k in ("gt_ids", "near_ids", "near_sim")}
+        return compute_rewards(rollout["tokens"], rollout["mask"], ctx, tables, lex,
                                rep(batch["ref_ids"]), rep(batch["ref_mask"]), sem, alpha=cfg.alpha,
                                beta=cfg.beta, semantic="rouge" if judge is None else cfg.semantic)
     reward_fn.failure_counts = judge.failure_counts if judge is not None else dict

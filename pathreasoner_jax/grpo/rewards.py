@@ -44,7 +44,9 @@ Rules (the twins implement the same ones on text):
   id window of length ≤ Lmax, a binary search among the U pattern hashes and an exact
   check of the ids: O(B·T·Lmax·log U), so U may be large (U ≈ surfaces × 3 case variants
   × (1 + merged prefixes): ×2 for GPT-2-style, up to ×36 for Qwen-style pre-tokenizers).
-* Entity reward: Dice with the soft KG term, capped at 1, 0 when P and G are both empty.
+* Entity reward: Dice with the soft KG term, capped at 1, 0 when P and G are both empty;
+  the soft term reads each row's sparse KG neighbourhood of G (`entity_dice`), never an
+  (E, E) matrix, so a PrimeKG-sized lexicon fits.
 * `rouge`: ROUGE-L F1 = 2·LCS/(n_answer + n_reference) over token ids of the answer
   span and the reference, whitespace tokens excluded on both sides; 0 when LCS = 0 or
   there is no answer span.
@@ -278,24 +280,23 @@ def entities_found(ids_bt: jax.Array, mask_bt: jax.Array, tables: TokenTables,
     return found[:, :e]
 
 
-def entity_dice(found_be: jax.Array, gt_be: jax.Array, sim_ee: jax.Array, beta: float = 0.5,
-                max_gt: Optional[int] = None) -> jax.Array:
+def entity_dice(found_be: jax.Array, gt_bk: jax.Array, near_bm: jax.Array, near_sim_bm: jax.Array,
+                beta: float = 0.5) -> jax.Array:
     """(B,) Dice = 2(|P∩G| + β Σ_{e∈P∖G} max_{g∈G} sim(e,g)) / (|P|+|G|), capped at 1, 0 if both empty.
 
-    `max_gt` (static) bounds |G| per row for the soft term: the max over G reads only the
-    first `max_gt` ground-truth entities (B·E·max_gt work instead of B·E·E); it must be ≥
-    the largest |G| in the batch to be exact. None: E (always exact). sim is read as ≥ 0
-    (a max over an empty G is 0, as in the reference).
+    found_be (B,E) bool: P over the lexicon; gt_bk (B,K) int32: G as distinct entity ids,
+    −1 padded; near_bm (B,M) int32 / near_sim_bm (B,M) float32: the entities outside G with
+    a positive similarity to some g ∈ G, each once, with max_g sim(e, g) (−1 padded;
+    `data.store.Entities.near`). Entities with no similarity to G add nothing to the soft
+    term, so these lists make the sum exact without any (E, E) matrix: the work is
+    O(B·(E + K + M)) and only the per-row lists go to the device.
     """
-    p, g = found_be.astype(bool), gt_be.astype(bool)
+    p = found_be.astype(bool)
     e = p.shape[1]
-    k = e if max_gt is None else min(int(max_gt), e)
-    gval, gidx = jax.lax.top_k(g.astype(jnp.float32), k)                        # (B,K)
-    sim_bek = jnp.transpose(sim_ee.astype(jnp.float32)[:, gidx], (1, 0, 2))      # (B,E,K)
-    best_be = jnp.max(jnp.where(gval[:, None, :] > 0, sim_bek, 0.0), axis=-1, initial=0.0)
-    inter = (p & g).sum(1).astype(jnp.float32)
-    soft = jnp.sum(jnp.where(p & ~g, best_be, 0.0), axis=1)
-    denom = (p.sum(1) + g.sum(1)).astype(jnp.float32)
+    take = lambda ids: jnp.take_along_axis(p, jnp.clip(ids, 0, e - 1), axis=1) & (ids >= 0)  # noqa: E731
+    inter = take(gt_bk).sum(1).astype(jnp.float32)
+    soft = jnp.sum(jnp.where(take(near_bm), jnp.maximum(near_sim_bm.astype(jnp.float32), 0.0), 0.0), axis=1)
+    denom = (p.sum(1) + (gt_bk >= 0).sum(1)).astype(jnp.float32)
     dice = jnp.minimum(1.0, 2.0 * (inter + beta * soft) / jnp.maximum(denom, 1.0))
     return jnp.where(denom > 0, dice, 0.0)
 
@@ -338,11 +339,11 @@ def rouge_l(ids_bt: jax.Array, mask_bt: jax.Array, ref_br: jax.Array, ref_mask_b
 SEMANTIC: dict[str, Callable] = {"rouge": rouge_l}
 
 
-@partial(jax.jit, static_argnames=("semantic", "max_gt"))
-def _compute_rewards(ids_bt, mask_bt, gt_be, sim_ee, tables, lex, ref_br, ref_mask_br, semantic_b, alpha, beta,
-                     semantic, max_gt):
+@partial(jax.jit, static_argnames=("semantic",))
+def _compute_rewards(ids_bt, mask_bt, ctx, tables, lex, ref_br, ref_mask_br, semantic_b, alpha, beta, semantic):
     fmt = format_reward(ids_bt, mask_bt, tables)
-    ent = entity_dice(entities_found(ids_bt, mask_bt, tables, lex), gt_be, sim_ee, beta, max_gt)
+    ent = entity_dice(entities_found(ids_bt, mask_bt, tables, lex), ctx["gt_ids"], ctx["near_ids"],
+                      ctx["near_sim"], beta)
     if semantic in SEMANTIC:
         sem = SEMANTIC[semantic](ids_bt, mask_bt, ref_br, ref_mask_br, tables)
     else:
@@ -350,24 +351,21 @@ def _compute_rewards(ids_bt, mask_bt, gt_be, sim_ee, tables, lex, ref_br, ref_ma
     return {"format": fmt, "entity": ent, "semantic": sem, "total": fmt + sem + alpha * ent}
 
 
-def compute_rewards(ids_bt, mask_bt, gt_be, sim_ee, tables: TokenTables, lex: EntityTokenPatterns,
+def compute_rewards(ids_bt, mask_bt, ctx: dict, tables: TokenTables, lex: EntityTokenPatterns,
                     ref_br=None, ref_mask_br=None, semantic_b=None, *, alpha=0.5, beta=0.5,
-                    semantic: str = "rouge", max_gt: Optional[int] = None) -> dict:
+                    semantic: str = "rouge") -> dict:
     """All rewards for a batch of completions → dict of (B,) float32:
     `format`, `entity`, `semantic`, `total` (= format + semantic + alpha·entity).
 
     ids_bt (B,T) int completion ids; mask_bt (B,T) completion mask (incl. the first EOS);
-    gt_be (B,E) ground-truth multi-hot; sim_ee (E,E) KG similarity in [0,1];
+    ctx: each row's entity context {"gt_ids" (B,K), "near_ids" (B,M), "near_sim" (B,M)}
+    (see `entity_dice`; `data.store.Entities.context` builds it);
     ref_br/ref_mask_br (B,R) reference answer ids + mask (semantic="rouge");
     semantic_b (B,) precomputed scores for semantic="judge"|"self" (SEMANTIC lists the
-    on-device ones). The work is one jitted call; max_gt=None with a concrete gt_be picks
-    the soft-term width from the batch (the largest |G|, rounded up to a power of two, so
-    it stays exact at O(B·E·|G|) with few recompiles); inside another jit it falls back to E.
+    on-device ones). The work is one jitted call.
     """
     if semantic not in SEMANTIC and semantic_b is None:
         raise ValueError(f"semantic={semantic!r} is not computed on device: pass semantic_b")
-    if max_gt is None and not isinstance(gt_be, jax.core.Tracer):
-        k = int(np.asarray(gt_be).astype(bool).sum(1).max(initial=0))
-        max_gt = min(1 << max(k - 1, 0).bit_length(), gt_be.shape[1])
-    return _compute_rewards(ids_bt, mask_bt, gt_be, sim_ee, tables, lex, ref_br, ref_mask_br, semantic_b,
-                            alpha, beta, semantic, max_gt)
+    ctx = {k: ctx[k] for k in ("gt_ids", "near_ids", "near_sim")}
+    return _compute_rewards(ids_bt, mask_bt, ctx, tables, lex, ref_br, ref_mask_br, semantic_b, alpha, beta,
+                            semantic)

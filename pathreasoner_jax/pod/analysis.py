@@ -31,6 +31,7 @@ from __future__ import annotations
 import time
 
 from pathreasoner_jax import flops as F
+from pathreasoner_jax.pod.buffers import dump_options, largest_allocations, report_path
 from pathreasoner_jax.pod.hlo import collective_bytes
 from pathreasoner_jax.pod.topology import GiB, Slice
 
@@ -70,10 +71,12 @@ def prefill_flops(model_cfg, shapes: dict) -> float:
     return F.rollout_flops(model_cfg, shapes["prompts"], 1, shapes["prompt_len"], shapes["patches"], 0)
 
 
-def analyse(cfg, model_cfg, lowered, sl: Slice) -> dict:
-    """Compile one `pod.stages.Lowered` and report it (bytes and FLOPs per device)."""
+def analyse(cfg, model_cfg, lowered, sl: Slice, dump_dir: str | None = None) -> dict:
+    """Compile one `pod.stages.Lowered` and report it (bytes and FLOPs per device). With
+    `dump_dir`, XLA dumps the compiled module there and its largest heap allocations
+    (`pod/buffers.py`) join the report."""
     t0 = time.perf_counter()
-    compiled = lowered.lowered.compile()
+    compiled = lowered.lowered.compile(compiler_options=dump_options(dump_dir) if dump_dir else None)
     compile_s = time.perf_counter() - t0
     mem, cost = memory_figures(compiled), cost_figures(compiled)
     decode_steps = max(lowered.shapes.get("new_tokens", 1) - 1, 1) if lowered.name == "rollout" else 1
@@ -81,6 +84,10 @@ def analyse(cfg, model_cfg, lowered, sl: Slice) -> dict:
     part = {"name": lowered.name, "calls_per_step": lowered.calls, "shapes": lowered.shapes,
             "compile_s": round(compile_s, 2), "memory": mem, "xla_flops": cost["flops"],
             "bytes_accessed": cost["bytes_accessed"], "collectives": coll["by_kind"], "ici_bytes": coll["ici_bytes"]}
+    report = report_path(dump_dir) if dump_dir else None
+    if report:
+        with open(report) as f:
+            part["largest_allocations"] = largest_allocations(f.read())
     return roofline(part, cfg, model_cfg, sl)
 
 
@@ -123,7 +130,7 @@ def extrapolate_part(a: dict, b: dict, la: int, lb: int, layers: int, cfg, model
     adds the same parameters, activations, FLOPs and collectives); the rest is recomputed."""
     w = (layers - la) / (lb - la)
     lin = lambda x, y: x + (y - x) * w  # noqa: E731
-    part = {k: v for k, v in b.items() if k in ("name", "calls_per_step", "shapes")}
+    part = {k: v for k, v in b.items() if k in ("name", "calls_per_step", "shapes", "largest_allocations")}
     part["memory"] = {k: lin(a["memory"][k], b["memory"][k]) for k in a["memory"]}
     part.update({k: lin(a[k], b[k]) for k in LINEAR})
     part["collectives"] = {k: {f: lin(a["collectives"].get(k, {}).get(f, 0), v[f]) for f in v}

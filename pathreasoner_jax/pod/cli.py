@@ -40,11 +40,12 @@ def _resolve(n: int, data: int, fsdp: int, tensor: int) -> tuple[int, int, int]:
     return sizes
 
 
-def compile_config(cfg, sl: Slice, stages, devices=None, log=print, layers_fit=None) -> dict:
+def compile_config(cfg, sl: Slice, stages, devices=None, log=print, layers_fit=None, dump_dir=None) -> dict:
     """Lowers and compiles `stages` of `cfg` on its mesh over the slice → report dict.
     `layers_fit` (A, B): compile with A and B decoder layers and extrapolate every figure
     linearly to the model's own count (a 28-layer 7B step takes an hour to compile on 2
-    CPU cores; 1 and 2 layers a few minutes) — `analysis.extrapolate_part`."""
+    CPU cores; 1 and 2 layers a few minutes) — `analysis.extrapolate_part`. `dump_dir`:
+    XLA's dumps of every compiled executable in `<dump_dir>/<stage>[_L<layers>]/<part>`."""
     from pathreasoner_jax import memory
     from pathreasoner_jax.models.factory import resolve_model_config
     from pathreasoner_jax.pod.analysis import extrapolate_part, stage_summary
@@ -63,11 +64,12 @@ def compile_config(cfg, sl: Slice, stages, devices=None, log=print, layers_fit=N
         log(f"compile: {stage} on {sl.name} mesh {dict(mesh.shape)} …")
         if layers_fit:
             la, lb = layers_fit
-            pa, pb = (_parts(cfg, _with_layers(model_cfg, n), stage, mesh, sl) for n in (la, lb))
+            pa, pb = (_parts(cfg, _with_layers(model_cfg, n), stage, mesh, sl, _sub(dump_dir, f"{stage}_L{n}"))
+                      for n in (la, lb))
             parts = [extrapolate_part(a, b, la, lb, model_cfg.llm.num_layers, cfg, model_cfg, sl)
                      for a, b in zip(pa, pb)]
         else:
-            parts = _parts(cfg, model_cfg, stage, mesh, sl)
+            parts = _parts(cfg, model_cfg, stage, mesh, sl, _sub(dump_dir, stage))
         out["stages"][stage] = stage_summary(stage, parts, sl)
     ref = {"sft": "train", "grpo": "grpo", "rollout": "rollout"}
     for stage, s in out["stages"].items():
@@ -76,10 +78,15 @@ def compile_config(cfg, sl: Slice, stages, devices=None, log=print, layers_fit=N
     return out
 
 
-def _parts(cfg, model_cfg, stage, mesh, sl):
+def _sub(dump_dir, name):
+    return os.path.join(dump_dir, name) if dump_dir else None
+
+
+def _parts(cfg, model_cfg, stage, mesh, sl, dump_dir=None):
     from pathreasoner_jax.pod.analysis import analyse
     from pathreasoner_jax.pod.stages import lower_stage
-    return [analyse(cfg, model_cfg, low, sl) for low in lower_stage(cfg, stage, mesh, model_cfg)]
+    return [analyse(cfg, model_cfg, low, sl, _sub(dump_dir, low.name))
+            for low in lower_stage(cfg, stage, mesh, model_cfg)]
 
 
 def _with_layers(model_cfg, n: int):
@@ -113,6 +120,9 @@ def format_report(rep: dict) -> str:
                          f"{p['xla_flops'] / 1e12:>11.3f}{p['analytic_flops'] / 1e12:>10.3f}"
                          f"{p['ici_bytes'] / 1e9:>9.2f}{p['time']['estimate_s']:>9.3f}{p['time']['bound']:>14}"
                          f"{(p['mfu'] or 0):>7.1%}{p['compile_s']:>10.1f}")
+            if p.get("largest_allocations"):
+                lines.append("    largest heap allocations: " + "; ".join(
+                    f"{a['bytes'] / GiB:.2f} GiB {a['shapes'][:60]}" for a in p["largest_allocations"][:3]))
         lines.append(f"{stage + ' (step)':<22}{s['peak_gib']:>9.2f}{'yes' if s['fits'] else 'NO':>6}{'':>30}"
                      f"{s['step_time_s']:>9.3f}{'':>14}{(s['mfu'] or 0):>7.1%}{s['compile_s']:>10.1f}"
                      f"   memory.py {s['memory_estimate_gib']:.2f} GiB")
@@ -135,7 +145,7 @@ def run_compile(args) -> int:
     fit = parse_layers_fit(args.layers_fit)
     if fit and fit[1] >= cfg.model.llm.num_layers and not cfg.model.llm.hf_path:
         raise UserError(f"--layers-fit {args.layers_fit}: the model has only {cfg.model.llm.num_layers} layers")
-    rep = compile_config(cfg, sl, stages, layers_fit=fit)
+    rep = compile_config(cfg, sl, stages, layers_fit=fit, dump_dir=args.dump_dir or None)
     print(format_report(rep))
     if args.json:
         write_json(args.json, rep)
