@@ -17,8 +17,6 @@ For large graphs (PrimeKG) only the corpus entities are BFS sources and each kee
 """
 from __future__ import annotations
 
-import networkx as nx
-
 from data_prep.kg import KnowledgeGraph
 from pathreasoner_jax.core.io import write_json
 
@@ -29,22 +27,35 @@ def similarity(d: int) -> float:
     return 0.5 ** d
 
 
+ANSWER_TYPES = ("diagnosis", "finding")
+
+
 def build_entities(kg: KnowledgeGraph, corpus_entities: set[str] | None = None, max_full: int = 20000,
                    max_similar: int = 512) -> dict:
-    nodes = sorted(kg.graph.nodes, key=lambda n: (kg.name(n), n))
+    """The lexicon of a KG. Up to `max_full` nodes: every node, similarities among all of
+    them. A larger graph (PrimeKG) keeps what the reward can use: the entities the corpus
+    mentions, their `max_similar` nearest neighbours within MAX_DISTANCE (the soft term),
+    and every diagnosis and finding (so naming a wrong one still costs precision); the
+    rest (genes, drugs, pathways, …) stays out of the device lexicon."""
+    every = list(kg.nodes())
+    if len(every) <= max_full or not corpus_entities:
+        sources, keep = every, set(every)
+    else:
+        sources = [n for n in every if kg.name(n) in corpus_entities]
+        keep = set(sources) | {n for n in every if kg.type(n) in ANSWER_TYPES}
+    nearest = {}
+    for src in sources:
+        dist = kg.distances(src, MAX_DISTANCE, limit=max_similar)
+        nearest[src] = sorted(((d, kg.name(n), n) for n, d in dist.items() if n != src))[:max_similar]
+        keep.update(n for _, _, n in nearest[src])
+    nodes = sorted(keep, key=lambda n: (kg.name(n), n))
     index = {n: i for i, n in enumerate(nodes)}
     entities = [{"name": kg.name(n), "type": kg.type(n), "synonyms": list(kg.synonyms(n))} for n in nodes]
-    g = kg.undirected()
-    if len(nodes) <= max_full or not corpus_entities:
-        sources = nodes
-    else:
-        sources = [n for n in nodes if kg.name(n) in corpus_entities]
     pairs: dict[tuple[int, int], float] = {}
-    for src in sources:
-        dist = nx.single_source_shortest_path_length(g, src, cutoff=MAX_DISTANCE)
-        near = sorted(((d, index[n]) for n, d in dist.items() if n != src), key=lambda t: t)[:max_similar]
-        for d, j in near:
-            i = index[src]
+    for src, near in nearest.items():
+        i = index[src]
+        for d, _, n in near:
+            j = index[n]
             key = (min(i, j), max(i, j))
             pairs[key] = max(pairs.get(key, 0.0), similarity(d))
     by_name: dict[str, list[int]] = {}
@@ -57,7 +68,7 @@ def build_entities(kg: KnowledgeGraph, corpus_entities: set[str] | None = None, 
                     pairs[(a, b)] = 1.0
     sim = [[i, j, round(s, 6)] for (i, j), s in sorted(pairs.items())]
     return {"entities": entities, "similarity": sim, "max_distance": MAX_DISTANCE,
-            "formula": "0.5 ** d", "kg_source": kg.source}
+            "formula": "0.5 ** d", "kg_source": kg.source, "kg_nodes": len(every)}
 
 
 def write_entities(path: str, kg: KnowledgeGraph, corpus_entities: set[str] | None = None) -> dict:

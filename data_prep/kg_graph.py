@@ -1,8 +1,12 @@
-"""The knowledge graph every loader produces: a networkx MultiDiGraph whose nodes are
-entity ids (attributes name, type, synonyms) and whose edges carry a `relation` label,
-so parallel relations between the same two entities are all kept."""
+"""The knowledge graph the pathology-graph and OWL loaders produce: a networkx
+MultiDiGraph whose nodes are entity ids (attributes name, type, synonyms) and whose edges
+carry a `relation` label, so parallel relations between the same two entities are all
+kept. PrimeKG-sized graphs load into `kg_compact.CompactKG` instead, which offers the
+same methods (names and types, `relations_between`, `degree`, `distances`,
+`shortest_paths`) on integer arrays; data preparation uses only those."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -41,6 +45,34 @@ class KnowledgeGraph:
         for n, d in self.graph.nodes(data=True):
             out.setdefault(d["name"], n)
         return out
+
+    def nodes(self):
+        return self.graph.nodes
+
+    def num_nodes(self) -> int:
+        return self.graph.number_of_nodes()
+
+    def __contains__(self, node) -> bool:
+        return node in self.graph
+
+    def degree(self, node) -> int:
+        return self.undirected().degree(node)
+
+    def distances(self, src, cutoff: int, limit: int = 0) -> dict:
+        """node → hop distance ≤ cutoff in the undirected view (src itself at 0); `limit` is
+        a hint that only the nearest ~limit are wanted (CompactKG stops after the level that
+        reaches it; here the graphs are small and every node within cutoff is returned)."""
+        return nx.single_source_shortest_path_length(self.undirected(), src, cutoff=cutoff)
+
+    def shortest_paths(self, src, dst, limit: int = 50) -> list[tuple]:
+        """Up to `limit` shortest paths src → dst in the undirected view; [] if none."""
+        g = self.undirected()
+        if src == dst or src not in g or dst not in g:
+            return []
+        try:
+            return [tuple(p) for p in itertools.islice(nx.all_shortest_paths(g, src, dst), limit)]
+        except nx.NetworkXNoPath:
+            return []
 
     def undirected(self) -> nx.Graph:
         """Simple undirected view used for shortest paths and similarity (cached)."""

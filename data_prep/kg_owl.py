@@ -99,6 +99,6 @@ def load_pathoml_owl(path: str) -> KnowledgeGraph:
             kg.add_relation(str(s), label(p), str(o))
         elif s in individuals and p == RDF.type and o in classes:
             kg.add_relation(str(s), "instance_of", str(o))
-    if kg.graph.number_of_nodes() == 0:
+    if kg.num_nodes() == 0:
         raise UserError(f"{path}: no owl:Class or owl:NamedIndividual found")
     return kg

@@ -49,12 +49,12 @@ class EntityLinker:
         self.min_fuzzy_len = min_fuzzy_len
         rank = {t: i for i, t in enumerate(TYPE_PRIORITY)}
         self.surfaces: dict[str, str] = {}  # lower-case surface → node
-        for node, d in kg.graph.nodes(data=True):
-            for s in [d["name"], *d["synonyms"]]:
+        for node in kg.nodes():
+            for s in [kg.name(node), *kg.synonyms(node)]:
                 key = normalize_surface(s)
                 old = self.surfaces.get(key)
                 # a surface shared by two nodes goes to the more specific type (diagnosis first)
-                if key and (old is None or rank.get(d["type"], 99) < rank.get(kg.type(old), 99)):
+                if key and (old is None or rank.get(kg.type(node), 99) < rank.get(kg.type(old), 99)):
                     self.surfaces[key] = node
         self.matcher = WholeWordMatcher(self.surfaces.items())
         self.max_words = max((len(k.split()) for k in self.surfaces), default=1)

@@ -9,11 +9,8 @@ both directions).
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
-
-import networkx as nx
 
 from data_prep.kg import KnowledgeGraph
 
@@ -33,26 +30,21 @@ class KGPath:
 CONTEXT_TYPES = ("anatomy", "stage")
 
 
-def hub_penalty(g: nx.Graph, nodes) -> float:
-    return float(sum(math.log1p(g.degree(n)) for n in nodes[1:-1]))
+def hub_penalty(kg, nodes) -> float:
+    return float(sum(math.log1p(kg.degree(n)) for n in nodes[1:-1]))
 
 
-def path_score(kg: KnowledgeGraph, nodes) -> float:
+def path_score(kg, nodes) -> float:
     """Hub penalty plus 0.5 per intermediate anatomy/stage node (ours): a path through a
     shared site ("X is located in the colon") explains less than one through a concept."""
-    g = kg.undirected()
-    return hub_penalty(g, nodes) + 0.5 * sum(kg.type(n) in CONTEXT_TYPES for n in nodes[1:-1])
+    return hub_penalty(kg, nodes) + 0.5 * sum(kg.type(n) in CONTEXT_TYPES for n in nodes[1:-1])
 
 
-def find_paths(kg: KnowledgeGraph, source: str, target: str, max_paths: int = 50, top_k: int = 3) -> list[KGPath]:
-    """Top-k ranked shortest paths from source to target (node ids); [] when unconnected."""
-    g = kg.undirected()
-    if source not in g or target not in g or source == target:
-        return []
-    try:
-        raw = list(itertools.islice(nx.all_shortest_paths(g, source, target), max_paths))
-    except nx.NetworkXNoPath:
-        return []
+def find_paths(kg: KnowledgeGraph, source, target, max_paths: int = 50, top_k: int = 3) -> list[KGPath]:
+    """Top-k ranked shortest paths from source to target (node ids); [] when unconnected.
+    The search is bounded by the graph (one breadth-first search) and by `max_paths`
+    (`KnowledgeGraph.shortest_paths` / `CompactKG.shortest_paths`)."""
+    raw = kg.shortest_paths(source, target, max_paths)
     paths = []
     for nodes in raw:
         hops = tuple(tuple(kg.relations_between(u, v)) for u, v in zip(nodes, nodes[1:]))

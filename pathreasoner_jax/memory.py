@@ -1,8 +1,11 @@
 """Per-device memory estimate of a config on a mesh, printed at start-up, with a clear
 error when a preset cannot fit.
 
-An estimate, not a measurement (XLA may fuse away or add buffers); it errs high. Bytes
-per device, following the sharding rules of `pathreasoner_jax.sharding`:
+An estimate, not a measurement: `pathreasoner compile` gives XLA's own figure for a TPU
+slice (and `--dump-dir` the buffers behind it). The terms follow what XLA's compiled
+steps hold (buffer assignments of libtpu's SFT step, Qwen2.5-0.5B at 2048 and 4608
+tokens, 1 and 2 rows per device; docs/scaling.md). Bytes per device, following the
+sharding rules of `pathreasoner_jax.sharding`:
 - params: LLM matrices and embeddings split over fsdp × tensor (every matrix has one
   `embed` dimension on fsdp and one heads/mlp/vocab dimension on tensor), norms and
   biases counted whole; LoRA A/B split over fsdp or tensor along their big dimension;
@@ -11,13 +14,21 @@ per device, following the sharding rules of `pathreasoner_jax.sharding`:
 - grads and optimizer: per trainable parameter one gradient and AdamW's two moments, in
   the parameter dtype.
 - activations of one SFT micro-batch (rows b = batch / (data·fsdp) / grad_accum, T
-  tokens, compute dtype bytes c): per decoder layer c·b·T·(4H + 2·nh·hd + 2·nkv·hd + 3I)
-  (norm inputs/outputs, q/k/v, attention output, gate/up/product) plus the fp32
-  attention probabilities 4·b·nh·T² (XLA's attention keeps them; a flash kernel does
-  not, so this is an upper bound), heads/MLP parts divided by tensor; with `model.remat`
-  only each layer's input c·b·T·H is kept plus one layer's set. Logits: 3·4·b·min(T, chunk)·V/tensor
-  (fp32 logits, log-softmax, gradient; `model.logits_chunk`). LongNet (fp32 inside attention): per layer
-  4·b·P·(6W + 3Fs) + per branch 8·b·h·n_pad·seg/r² (scores and probabilities).
+  tokens, compute dtype bytes c). One decoder layer's working set
+  W = c·b·T·(4H + 2·nh·hd + 2·nkv·hd + 3I) (norm inputs/outputs, q/k/v, attention output,
+  gate/up/product) + b·nh·T²·(8 + c) (XLA's attention holds the fp32 probabilities, their
+  fp32 gradient and a compute-dtype copy; a flash kernel would not), heads/MLP parts
+  divided by tensor. The loss: 2·4·b·T_l·V/tensor (fp32 logits and their gradient;
+  T_l = `model.logits_chunk` when the sequence is longer, else T). With `model.remat`
+  the backward passes through the loss and then one layer at a time, so the peak is
+  L·R + max(W, loss), R = c·b·T·H being what a rematerialised layer keeps (its input);
+  without remat every layer's W is kept: L·W + loss. LongNet (fp32, not rematerialised):
+  per layer 4·b·P·(6W + 3Fs) + per branch 4·b·h·n_pad·seg/r² (the softmax probabilities).
+- gathered weights (fsdp > 1): each step all-gathers a layer's matrices before use (two
+  layers in flight) and the embedding and LM head whole, in the compute dtype:
+  c·(2·layer + V·H·(1 + untied))/tensor.
+- program: XLA's generated code, ~64 MiB + 48 MiB per decoder layer (the layers are
+  unrolled; measured on libtpu).
 - GRPO update: the same per micro-batch of rows p·G / grpo.micro_batches (p prompts per
   device) of T + N tokens, logits at the N completion positions only.
 - KV cache (rollout, shared prefix): L·2·(p·T + p·G·n)·nkv·hd·c with p prompts per device
@@ -84,13 +95,17 @@ def _trainable(counts: dict, model_cfg, sft_cfg) -> float:
     return n
 
 
-def llm_activation_bytes(llm, rows: float, seq: int, c: int, tensor: int, remat: bool) -> float:
+def llm_activation_bytes(llm, rows: float, seq: int, c: int, tensor: int, remat: bool,
+                         logit_positions: int | None = None, chunk: int = 0) -> float:
+    """Decoder layers and the loss of one micro-batch (module docstring)."""
     h, hd, i = llm.hidden_size, head_dim(llm), llm.intermediate_size
-    per_layer = c * rows * seq * (4 * h + (2 * llm.num_heads * hd + 2 * llm.num_kv_heads * hd + 3 * i) / tensor)
-    per_layer += 4 * rows * llm.num_heads * seq * seq / tensor
+    work = c * rows * seq * (4 * h + (2 * llm.num_heads * hd + 2 * llm.num_kv_heads * hd + 3 * i) / tensor)
+    work += (8 + c) * rows * llm.num_heads * seq * seq / tensor
+    pos = seq if logit_positions is None else logit_positions
+    loss = 2 * 4 * rows * (min(pos, chunk) if chunk > 0 else pos) * llm.vocab_size / tensor
     if remat:
-        return llm.num_layers * c * rows * seq * h + per_layer
-    return llm.num_layers * per_layer
+        return llm.num_layers * c * rows * seq * h + max(work, loss)
+    return llm.num_layers * work + loss
 
 
 def longnet_activation_bytes(slide, rows: float, patches: int) -> float:
@@ -99,8 +114,22 @@ def longnet_activation_bytes(slide, rows: float, patches: int) -> float:
     for seg_len, r in zip(slide.segment_lengths, slide.dilations):
         seg = math.ceil(min(seg_len, patches) / r) * r
         n_pad = math.ceil(patches / seg) * seg
-        per_layer += 8 * rows * slide.num_heads * n_pad * seg / (r * r)
+        per_layer += 4 * rows * slide.num_heads * n_pad * seg / (r * r)
     return slide.num_layers * per_layer
+
+
+def gathered_weight_bytes(llm, c: int, fsdp: int, tensor: int) -> float:
+    """FSDP's all-gathered copies alive at once (module docstring); 0 without fsdp."""
+    if fsdp <= 1:
+        return 0.0
+    h, hd, i = llm.hidden_size, head_dim(llm), llm.intermediate_size
+    layer = h * hd * (2 * llm.num_heads + 2 * llm.num_kv_heads) + 3 * h * i
+    embed = llm.vocab_size * h * (1 if llm.tie_word_embeddings else 2)
+    return c * (2 * layer + embed) / tensor
+
+
+def program_bytes(llm) -> float:
+    return (64 + 48 * llm.num_layers) * (1 << 20)
 
 
 def kv_cache_bytes(llm, prompts: float, group: int, prompt_len: int, new_tokens: int, c: int, tensor: int) -> float:
@@ -124,24 +153,26 @@ def estimate(cfg, mesh_shape, device_bytes: int | None = None, *, seq_len: int |
     params = p_bytes * sum(counts.values())
     trainable = _trainable(counts, mc, cfg.sft)
     rows = batch / (data * fsdp) / max(cfg.sft.grad_accum, 1)
-    act = (llm_activation_bytes(mc.llm, rows, seq, c, tensor, mc.remat)
-           + 3 * 4 * rows * (min(seq, mc.logits_chunk) if mc.logits_chunk > 0 else seq) * mc.llm.vocab_size / tensor
+    act = (llm_activation_bytes(mc.llm, rows, seq, c, tensor, mc.remat, chunk=mc.logits_chunk)
            + longnet_activation_bytes(mc.slide, rows, patches))
     g = cfg.grpo
     prompts = g.prompts_per_step / (data * fsdp)
     kv = kv_cache_bytes(mc.llm, prompts, g.group_size, seq, g.max_new_tokens, c, tensor)
     # a GRPO update micro-batch: [prompt | completion] rows, logits only at the N completion positions
     g_rows = prompts * g.group_size / max(g.micro_batches, 1)
-    g_act = (llm_activation_bytes(mc.llm, g_rows, seq + g.max_new_tokens, c, tensor, mc.remat)
-             + 3 * 4 * g_rows * g.max_new_tokens * mc.llm.vocab_size / tensor
+    g_act = (llm_activation_bytes(mc.llm, g_rows, seq + g.max_new_tokens, c, tensor, mc.remat,
+                                  logit_positions=g.max_new_tokens, chunk=mc.logits_chunk)
              + longnet_activation_bytes(mc.slide, g_rows, patches))
+    fixed = gathered_weight_bytes(mc.llm, c, fsdp, tensor) + program_bytes(mc.llm)
     out = {"params": params, "grads": p_bytes * trainable, "optimizer": 2 * p_bytes * trainable,
            "activations": act, "grpo_activations": g_act, "kv_cache": kv,
+           "gathered": gathered_weight_bytes(mc.llm, c, fsdp, tensor), "program": program_bytes(mc.llm),
            "mesh": {"data": data, "fsdp": fsdp, "tensor": tensor}, "seq_len": seq, "batch": batch,
            "patches": patches}
-    out["train_total"] = params + out["grads"] + out["optimizer"] + act
-    out["grpo_total"] = params + out["grads"] + out["optimizer"] + g_act
-    out["rollout_total"] = params + kv
+    state = params + out["grads"] + out["optimizer"]
+    out["train_total"] = state + act + fixed
+    out["grpo_total"] = state + g_act + fixed
+    out["rollout_total"] = params + kv + fixed
     out["peak"] = max(out["train_total"], out["grpo_total"], out["rollout_total"])
     out["device_bytes"] = device_bytes
     out["fits"] = None if not device_bytes else out["peak"] <= device_bytes
@@ -150,7 +181,8 @@ def estimate(cfg, mesh_shape, device_bytes: int | None = None, *, seq_len: int |
 
 def format_estimate(est: dict) -> str:
     m = est["mesh"]
-    parts = ", ".join(f"{k} {est[k] / GiB:.2f}" for k in ("params", "grads", "optimizer", "activations", "kv_cache"))
+    parts = ", ".join(f"{k} {est[k] / GiB:.2f}" for k in ("params", "grads", "optimizer", "activations", "kv_cache",
+                                                          "gathered", "program"))
     dev = f" of {est['device_bytes'] / GiB:.1f} GiB" if est.get("device_bytes") else ""
     return (f"memory estimate per device (GiB; mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}, "
             f"batch {est['batch']} × {est['seq_len']} tokens): {parts}; train {est['train_total'] / GiB:.2f}, "

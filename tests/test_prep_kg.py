@@ -1,6 +1,7 @@
 """KG loaders (PrimeKG csv, PathoML OWL, own pathology graph), path search and ranking,
 and the entities.json similarity numbers."""
 import csv
+import os
 import json
 import math
 
@@ -34,11 +35,19 @@ def test_primekg_loader_keeps_parallel_relations(tmp_path):
                  _row("anatomy_protein_present", "expression present", 3, "anatomy", "colon", 4,
                       "gene/protein", "CDX2")])
     kg = load_primekg_csv(str(p))
-    assert kg.name("primekg:1") == "adenocarcinoma" and kg.type("primekg:1") == "diagnosis"
-    assert kg.type("primekg:2") == "finding" and kg.type("primekg:3") == "anatomy"
-    assert kg.type("primekg:4") == "gene/protein"
-    assert kg.relations_between("primekg:1", "primekg:2") == [("phenotype absent", True), ("phenotype present", True)]
-    assert kg.relations_between("primekg:2", "primekg:1") == [("phenotype absent", False), ("phenotype present", False)]
+    n1, n2, n3, n4 = (kg.node(f"primekg:{i}") for i in (1, 2, 3, 4))
+    assert kg.name(n1) == "adenocarcinoma" and kg.type(n1) == "diagnosis"
+    assert kg.type(n2) == "finding" and kg.type(n3) == "anatomy"
+    assert kg.type(n4) == "gene/protein"
+    assert kg.relations_between(n1, n2) == [("phenotype absent", True), ("phenotype present", True)]
+    assert kg.relations_between(n2, n1) == [("phenotype absent", False), ("phenotype present", False)]
+    # parallel labelled edges are one undirected neighbour; the cache gives the same graph back
+    assert kg.degree(n1) == 1 and kg.num_edges() == 3
+    cached = load_kg(str(p), "primekg", cache_dir=str(tmp_path / "cache"))
+    again = load_kg(str(p), "primekg", cache_dir=str(tmp_path / "cache"))
+    assert os.path.isfile(tmp_path / "cache" / "kg.csv.pathreasoner.npz")
+    for g in (cached, again):
+        assert g.names == kg.names and g.keys == kg.keys and g.relations_between(n1, n2) == kg.relations_between(n1, n2)
 
 
 def test_primekg_missing_column_is_a_one_line_error(tmp_path):

@@ -102,7 +102,7 @@ def generate_demo_corpus(out_dir: str, num_slides: int = 48, seed: int = 0, kg_p
     slides_dir = os.path.join(out_dir, "slides")
     os.makedirs(slides_dir, exist_ok=True)
     kg = load_pathology_graph(kg_path or DEMO_KG)
-    synonyms = {kg.name(n): kg.synonyms(n) for n in kg.graph.nodes}
+    synonyms = {kg.name(n): kg.synonyms(n) for n in kg.nodes()}
     jobs, reports, labels = [], [], {}
     for i in range(num_slides):
         cls = CLASSES[i % len(CLASSES)]

@@ -124,14 +124,49 @@ def roofline(part: dict, cfg, model_cfg, sl: Slice) -> dict:
 LINEAR = ("xla_flops", "bytes_accessed", "ici_bytes")
 
 
-def extrapolate_part(a: dict, b: dict, la: int, lb: int, layers: int, cfg, model_cfg, sl: Slice) -> dict:
-    """The part at `layers` decoder layers from compiles at `la` and `lb`: every byte and FLOP
-    figure is a + (b − a)·(L − la)/(lb − la) (the layers are identical and unrolled, so each
-    adds the same parameters, activations, FLOPs and collectives); the rest is recomputed."""
+def layer_residual_bytes(name: str, shapes: dict, model_cfg, mesh_shape: dict) -> float:
+    """What one more decoder layer adds to an executable's temporaries, per device: the
+    activations a layer keeps for the backward pass (`memory.llm_activation_bytes` at L+1
+    minus at L), the KV cache a rollout keeps, nothing for a forward-only log-prob pass."""
+    import dataclasses
+    from pathreasoner_jax import memory
+    llm, c = model_cfg.llm, memory._BYTES[model_cfg.compute_dtype]
+    split = mesh_shape.get("data", 1) * mesh_shape.get("fsdp", 1)
+    tensor = mesh_shape.get("tensor", 1)
+    if name == "grpo_logprobs":
+        return 0.0
+    if name == "rollout":
+        return memory.kv_cache_bytes(dataclasses.replace(llm, num_layers=1), shapes["prompts"] / split,
+                                     shapes["group_size"], shapes["prompt_len"], shapes["new_tokens"], c, tensor)
+    if name == "sft_step":
+        rows, seq = shapes["batch"] / split / max(shapes.get("grad_accum", 1), 1), shapes["seq_len"]
+    else:  # grpo_update
+        rows = shapes["rows"] / split / max(shapes.get("micro_batches", 1), 1)
+        seq = shapes["prompt_len"] + shapes["new_tokens"]
+    act = [memory.llm_activation_bytes(dataclasses.replace(llm, num_layers=n), rows, seq, c, tensor, model_cfg.remat)
+           for n in (1, 2)]
+    return act[1] - act[0]
+
+
+def extrapolate_part(a: dict, b: dict, la: int, lb: int, layers: int, cfg, model_cfg, sl: Slice,
+                     mesh_shape: dict | None = None) -> dict:
+    """The part at `layers` decoder layers from compiles at `la` and `lb`. FLOPs, bytes
+    accessed, collectives, arguments, outputs and code are a + (b − a)·(L − la)/(lb − la)
+    (the layers are identical and unrolled, so each adds the same parameters, FLOPs and
+    collectives). Temporaries are not: XLA's heap is the largest working set at any one
+    time plus what the layers keep, and its packing of the large attention buffers moves
+    by a layer's working set between compiles (Qwen2.5-0.5B at 4608 tokens: 3.94, 6.33,
+    6.13 GiB at 1, 2, 3 layers), so a line through two compiles can be off by that times
+    L. They are taken as the larger of the two compiles plus (L − lb) × what one more
+    layer keeps (`layer_residual_bytes`); the rest is recomputed."""
     w = (layers - la) / (lb - la)
     lin = lambda x, y: x + (y - x) * w  # noqa: E731
     part = {k: v for k, v in b.items() if k in ("name", "calls_per_step", "shapes", "largest_allocations")}
-    part["memory"] = {k: lin(a["memory"][k], b["memory"][k]) for k in a["memory"]}
+    mem = {k: lin(a["memory"][k], b["memory"][k]) for k in a["memory"]}
+    residual = layer_residual_bytes(b["name"], b["shapes"], model_cfg, mesh_shape or dict(cfg.mesh.__dict__))
+    mem["temporaries"] = max(a["memory"]["temporaries"], b["memory"]["temporaries"]) + (layers - lb) * residual
+    mem["peak"] = mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temporaries"] + mem["generated_code"]
+    part["memory"] = mem
     part.update({k: lin(a[k], b[k]) for k in LINEAR})
     part["collectives"] = {k: {f: lin(a["collectives"].get(k, {}).get(f, 0), v[f]) for f in v}
                            for k, v in b["collectives"].items()}

@@ -66,7 +66,7 @@ def compile_config(cfg, sl: Slice, stages, devices=None, log=print, layers_fit=N
             la, lb = layers_fit
             pa, pb = (_parts(cfg, _with_layers(model_cfg, n), stage, mesh, sl, _sub(dump_dir, f"{stage}_L{n}"))
                       for n in (la, lb))
-            parts = [extrapolate_part(a, b, la, lb, model_cfg.llm.num_layers, cfg, model_cfg, sl)
+            parts = [extrapolate_part(a, b, la, lb, model_cfg.llm.num_layers, cfg, model_cfg, sl, dict(mesh.shape))
                      for a, b in zip(pa, pb)]
         else:
             parts = _parts(cfg, model_cfg, stage, mesh, sl, _sub(dump_dir, stage))
