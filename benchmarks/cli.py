@@ -1,4 +1,4 @@
-"""`pathreasoner bench {sft,rollout,rewards,prep} --config CFG [--baseline torch] [--out DIR] [k=v ...]`
+"""`pathreasoner bench {sft,rollout,rewards,prep,prep-scale} --config CFG [--baseline torch] [--out DIR] [k=v ...]`
 
 Warm-up, then the median of `bench.repeats` timed calls of each side, all in one process
 (sides interleaved). Reports step time, tokens/s, MFU (FLOPs: `pathreasoner_jax.flops`;
@@ -11,7 +11,8 @@ Sizes come from the `bench` config section (`bench.batch`, `bench.seq_len`,
 `bench.slide_tokens`, `bench.group_size`, `bench.new_tokens`, `bench.warmup`,
 `bench.repeats`, `bench.rewards_batch_sizes`), e.g.
     pathreasoner bench sft --config configs/qwen2_5_1_5b.yaml --baseline torch bench.slide_tokens=4096 bench.batch=2
-`rewards` always includes its baseline (the reference's Python loop); `prep` has none.
+`rewards` always includes its baseline (the reference's Python loop); `prep` and
+`prep-scale` (a PrimeKG-sized synthetic graph: `benchmarks/prep_scale.py`) have none.
 """
 from __future__ import annotations
 
@@ -50,8 +51,16 @@ def _bench_prep(cfg, baseline: str) -> dict:
     return bench_prep(cfg, repeats=cfg.bench.repeats)
 
 
+def _bench_prep_scale(cfg, baseline: str) -> dict:
+    from benchmarks.prep_scale import bench_prep_scale
+    if baseline:
+        print("bench prep-scale: no baseline exists; timing ours only")
+    return bench_prep_scale(cfg)
+
+
 # name → fn(cfg, baseline) → result dict; the names are the CLI's `bench` choices
-BENCHES = {"sft": _bench_sft, "rollout": _bench_rollout, "rewards": _bench_rewards, "prep": _bench_prep}
+BENCHES = {"sft": _bench_sft, "rollout": _bench_rollout, "rewards": _bench_rewards, "prep": _bench_prep,
+           "prep-scale": _bench_prep_scale}
 
 
 def _summary(result: dict) -> str:

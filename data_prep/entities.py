@@ -12,8 +12,8 @@ current Dice. With β = 0.5 and s ≤ 0.5 that is at most 0.5, so padding an ans
 neighbours of the ground truth lowers an exact answer's Dice of 1 and cannot lift any
 answer above 0.5. (The reference's 0.5 ** (d − 1) gave a direct neighbour 1.0, like a
 synonym: neighbours never lowered the Dice, and enough of them approached 1.)
-For large graphs (PrimeKG) only the corpus entities are BFS sources and each keeps its
-`max_similar` nearest neighbours, so the file stays small.
+Only the corpus entities are BFS sources and each keeps its `max_similar` nearest
+neighbours, so the file stays small (`build_entities`).
 """
 from __future__ import annotations
 
@@ -32,16 +32,21 @@ ANSWER_TYPES = ("diagnosis", "finding")
 
 def build_entities(kg: KnowledgeGraph, corpus_entities: set[str] | None = None, max_full: int = 20000,
                    max_similar: int = 512) -> dict:
-    """The lexicon of a KG. Up to `max_full` nodes: every node, similarities among all of
-    them. A larger graph (PrimeKG) keeps what the reward can use: the entities the corpus
-    mentions, their `max_similar` nearest neighbours within MAX_DISTANCE (the soft term),
-    and every diagnosis and finding (so naming a wrong one still costs precision); the
-    rest (genes, drugs, pathways, …) stays out of the device lexicon."""
+    """The lexicon of a KG and its similarities.
+
+    Similarities are needed only around ground-truth entities, which are always corpus
+    entities: with `corpus_entities` given, only those are breadth-first sources (each
+    keeps its `max_similar` nearest neighbours within MAX_DISTANCE), which is exact for
+    the reward and keeps the file small; without, every node is a source. Entities: up
+    to `max_full` nodes, every node; a larger graph (PrimeKG) keeps what the reward can
+    use — the corpus entities, their neighbours (the soft term) and every diagnosis and
+    finding (so naming a wrong one still costs precision) — and leaves the rest (genes,
+    drugs, pathways, …) out of the device lexicon."""
     every = list(kg.nodes())
+    sources = [n for n in every if kg.name(n) in corpus_entities] if corpus_entities else every
     if len(every) <= max_full or not corpus_entities:
-        sources, keep = every, set(every)
+        keep = set(every)
     else:
-        sources = [n for n in every if kg.name(n) in corpus_entities]
         keep = set(sources) | {n for n in every if kg.type(n) in ANSWER_TYPES}
     nearest = {}
     for src in sources:

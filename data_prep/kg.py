@@ -15,8 +15,10 @@ import json
 import os
 
 from data_prep.kg_graph import KnowledgeGraph
-from data_prep.kg_primekg import PRIMEKG_COLUMNS, load_primekg, read_primekg  # noqa: F401 (re-exported)
+from data_prep.kg_primekg import PRIMEKG_COLUMNS, load_primekg, read_primekg
 from pathreasoner_jax.core.errors import UserError
+
+__all__ = ["DEMO_KG", "PRIMEKG_COLUMNS", "KnowledgeGraph", "load_kg", "load_pathology_graph", "load_primekg_csv"]
 
 DEMO_KG = os.path.join(os.path.dirname(__file__), "demo", "pathology_kg.json")
 

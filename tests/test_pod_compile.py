@@ -118,12 +118,12 @@ def tiny(tmp_path_factory):
     devices = T.slice_devices(sl)
     dump = str(tmp_path_factory.mktemp("xla_dump"))
     return cfg, sl, devices, compile_config(cfg, sl, ("sft", "grpo", "rollout"), devices, log=lambda *_: None,
-                                            dump_dir=dump)
+                                            dump_dir=dump), dump
 
 
 @needs_libtpu
 def test_three_stages_compile_and_fit(tiny):
-    _, _, _, rep = tiny
+    _, _, _, rep, _ = tiny
     assert rep["device_kind"] == "TPU v5 lite" and rep["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     names = {s: [p["name"] for p in rep["stages"][s]["parts"]] for s in rep["stages"]}
     assert names == {"sft": ["sft_step"], "grpo": ["grpo_logprobs", "grpo_update"], "rollout": ["rollout"]}
@@ -150,7 +150,7 @@ def test_sft_argument_bytes_are_the_sharded_params_optimizer_and_batch(tiny):
     from pathreasoner_jax.models.factory import resolve_model_config
     from pathreasoner_jax.pod.cli import topology_mesh
     from pathreasoner_jax.pod.stages import abstract_sharded_model
-    cfg, _, devices, rep = tiny
+    cfg, _, devices, rep, _ = tiny
     mesh = topology_mesh(devices, 1, 4, 1)
     model = abstract_sharded_model(resolve_model_config(cfg.model), mesh)
     shape = dict(mesh.shape)
@@ -166,16 +166,16 @@ def test_sft_argument_bytes_are_the_sharded_params_optimizer_and_batch(tiny):
 
 
 @needs_libtpu
-def test_dumped_heap_names_the_attention_probabilities(tiny):
-    cfg, _, _, rep = tiny
-    part = rep["stages"]["sft"]["parts"][0]
-    top = part["largest_allocations"]
-    assert top and sum(a["bytes"] for a in top) <= part["memory"]["temporaries"]
-    # the largest single activation: XLA attention's fp32 probabilities of one device's
-    # 8 rows, 4 heads (as 2 KV groups × 2), 256 × 256 tokens = 8 MiB
-    rows, heads, t = cfg.sft.batch_size // 4, cfg.model.llm.num_heads, 256
-    assert top[0]["bytes"] == rows * heads * t * t * 4
-    assert "f32[" in top[0]["shapes"]
+def test_dump_dir_holds_each_executable_and_its_heap_report(tiny):
+    from pathreasoner_jax.pod.buffers import report_path
+    dump = tiny[4]
+    for stage, part in (("sft", "sft_step"), ("grpo", "grpo_update"), ("rollout", "rollout")):
+        folder = os.path.join(dump, stage, part)
+        assert any(f.endswith("after_optimizations.txt") for f in os.listdir(folder)), folder
+        assert report_path(folder)
+    top = tiny[3]["stages"]["sft"]["parts"][0]["largest_allocations"]
+    assert top and all(a["bytes"] > 0 for a in top)
+    assert [a["bytes"] for a in top] == sorted((a["bytes"] for a in top), reverse=True)
 
 
 @needs_libtpu
@@ -188,7 +188,7 @@ def test_sft_flops_match_the_analytic_count(tiny):
 @pytest.mark.slow
 def test_plan_ranks_a_bad_mesh_below_a_good_one(tiny):
     from pathreasoner_jax.pod.cli import plan
-    cfg, sl, devices, _ = tiny
+    cfg, sl, devices, _, _ = tiny
     # tensor=4 all-reduces every layer's activations (32 rows × 256 tokens × 512) where
     # FSDP gathers ~3 MB of weights: more ICI traffic for the same work
     rows = plan(cfg, sl, "sft", meshes=[(1, 1, 4), (1, 4, 1)], progress=False, devices=devices)
@@ -201,7 +201,7 @@ def test_plan_ranks_a_bad_mesh_below_a_good_one(tiny):
 def test_layer_extrapolation_matches_a_direct_compile(tiny):
     import dataclasses
     from pathreasoner_jax.pod.cli import compile_config
-    cfg, sl, devices, _ = tiny
+    cfg, sl, devices, _, _ = tiny
     three = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, llm=dataclasses.replace(cfg.model.llm, num_layers=3)))
     direct = compile_config(three, sl, ("sft",), devices, log=lambda *_: None)["stages"]["sft"]["parts"][0]
@@ -215,3 +215,33 @@ def test_layer_extrapolation_matches_a_direct_compile(tiny):
     # count: extrapolated from 1 and 2 layers it came out 6.6% below the direct 3-layer figure
     assert fit["bytes_accessed"] == pytest.approx(direct["bytes_accessed"], rel=0.1)
     assert fit["memory"]["peak"] == pytest.approx(direct["memory"]["peak"], rel=0.1)
+
+
+def test_extrapolated_temporaries_take_the_smaller_of_the_two_compiles():
+    """XLA's heap packing can inflate one compile (0.5B at 4608 tokens: 3.94 / 6.33 GiB at
+    1 / 2 layers, 7.21 at 24); each compile + the layers' residual bounds the L-layer heap
+    from above, so the smaller bound is used."""
+    from pathreasoner_jax.config import load_config
+    from pathreasoner_jax.models.factory import resolve_model_config
+    from pathreasoner_jax.pod.analysis import extrapolate_part, layer_residual_bytes
+    cfg = load_config(os.path.join(HERE, "pod_tiny.yaml"))
+    mc = resolve_model_config(cfg.model)
+    shapes = {"batch": 32, "grad_accum": 1, "seq_len": 256, "patches": 128}
+    mesh = {"data": 1, "fsdp": 4, "tensor": 1}
+    # remat off: one more layer keeps its whole working set (memory.py), rows 32 / 4 = 8, fp32
+    layer = 4 * 8 * 256 * (4 * 512 + 2 * 4 * 128 + 2 * 2 * 128 + 3 * 512) + 12 * 8 * 4 * 256 * 256
+    assert layer_residual_bytes("sft_step", shapes, mc, mesh) == layer
+    assert layer_residual_bytes("grpo_logprobs", shapes, mc, mesh) == 0.0
+
+    def part(temps, args):
+        return {"name": "sft_step", "calls_per_step": 1.0, "shapes": shapes, "compile_s": 1.0,
+                "memory": {"arguments": args, "outputs": 0.0, "aliased": 0.0, "temporaries": temps,
+                           "generated_code": 0.0, "peak": args + temps},
+                "xla_flops": 1e9, "bytes_accessed": 1e9, "ici_bytes": 0.0, "collectives": {}}
+    sl = T.parse_slice("v5e-4")
+    inflated = extrapolate_part(part(1e9, 10.0), part(5e9, 20.0), 1, 2, 6, cfg, mc, sl, mesh)
+    assert inflated["memory"]["temporaries"] == 1e9 + 5 * layer  # from the 1-layer compile
+    assert inflated["memory"]["arguments"] == 60.0  # arguments stay linear: 10 + 10·(6 − 1)
+    assert inflated["memory"]["peak"] == 60.0 + 1e9 + 5 * layer
+    shrunk = extrapolate_part(part(5e9, 10.0), part(1e9, 20.0), 1, 2, 6, cfg, mc, sl, mesh)
+    assert shrunk["memory"]["temporaries"] == 1e9 + 4 * layer

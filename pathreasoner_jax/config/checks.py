@@ -219,6 +219,10 @@ RULES: dict = {
     "bench.warmup": non_negative,
     "bench.repeats": count,
     "bench.rewards_batch_sizes": (non_empty(), each(count)),
+    "bench.kg_nodes": at_least(20, why="the synthetic KG needs a few nodes of each of its 10 types"),
+    "bench.kg_edges": at_least(2),
+    "bench.scale_reports": count,
+    "bench.scale_pairs": count,
 }
 
 

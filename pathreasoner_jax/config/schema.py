@@ -229,6 +229,11 @@ class BenchConfig:
     repeats: int = 5  # timed calls per side; the report gives the median
     rewards_batch_sizes: list[int] = field(default_factory=lambda: [64, 256, 1024])
     profile_dir: str = ""  # set: one extra call of our side under jax.profiler.trace(profile_dir)
+    # prep-scale: the synthetic PrimeKG-shaped graph (PrimeKG's own size by default) and workload
+    kg_nodes: int = 129375
+    kg_edges: int = 8100498  # kg.csv rows (each undirected edge listed both ways)
+    scale_reports: int = 500  # synthetic reports to link
+    scale_pairs: int = 500  # (finding, diagnosis) pairs to search paths for
 
 
 @dataclass

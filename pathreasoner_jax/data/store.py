@@ -144,12 +144,14 @@ class Entities(dict):
 
     @property
     def index(self) -> dict[str, int]:
-        """lower-case name or synonym → entity index (first wins)."""
-        out: dict[str, int] = {}
-        for i, (n, syn) in enumerate(zip(self.names, self.synonyms)):
-            for s in [n, *syn]:
-                out.setdefault(s.lower(), i)
-        return out
+        """lower-case name or synonym → entity index (first wins); built once."""
+        if getattr(self, "_index", None) is None:
+            out: dict[str, int] = {}
+            for i, (n, syn) in enumerate(zip(self.names, self.synonyms)):
+                for s in [n, *syn]:
+                    out.setdefault(s.lower(), i)
+            self._index = out
+        return self._index
 
     def sim(self, i: int, j: int) -> float:
         return 1.0 if i == j else self.adjacent.get(i, {}).get(j, 0.0)
