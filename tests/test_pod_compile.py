@@ -220,7 +220,7 @@ def test_layer_extrapolation_matches_a_direct_compile(tiny):
 def test_extrapolated_temporaries_take_the_smaller_of_the_two_compiles():
     """XLA's heap packing can inflate one compile (0.5B at 4608 tokens: 3.94 / 6.33 GiB at
     1 / 2 layers, 7.21 at 24); each compile + the layers' residual bounds the L-layer heap
-    from above, so the smaller bound is used."""
+    from above, so the smaller bound is used (pod/analysis.extrapolate_part)."""
     from pathreasoner_jax.config import load_config
     from pathreasoner_jax.models.factory import resolve_model_config
     from pathreasoner_jax.pod.analysis import extrapolate_part, layer_residual_bytes

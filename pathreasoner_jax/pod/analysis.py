@@ -157,10 +157,11 @@ def extrapolate_part(a: dict, b: dict, la: int, lb: int, layers: int, cfg, model
     time plus what the layers keep, and its packing of the large attention buffers moves
     by a layer's working set between compiles (Qwen2.5-0.5B at 4608 tokens: 3.94, 6.33,
     6.13 GiB at 1, 2, 3 layers; 7.21 GiB at its 24), so a line through two compiles can
-    be off by that times L (that line said 59 GiB). Packing only ever adds, so each
-    compile + (L − its layers) × what one more layer keeps (`layer_residual_bytes`) is an
-    upper estimate and the smaller of the two is taken (6.99 GiB there, −3%); the rest
-    is recomputed."""
+    be off by that times L (that line said 59 GiB; at 2 rows per chip it fell instead,
+    to 4.6 GiB where the 24-layer compile has 11.4). Packing only adds, so each compile
+    + (L − its layers) × what one more layer keeps (`layer_residual_bytes`, memory.py's
+    R) bounds the heap from above and the smaller of the two is taken: 6.03 and 10.8 GiB
+    there (−16%, −5%); the rest is recomputed."""
     w = (layers - la) / (lb - la)
     lin = lambda x, y: x + (y - x) * w  # noqa: E731
     part = {k: v for k, v in b.items() if k in ("name", "calls_per_step", "shapes", "largest_allocations")}
