@@ -34,7 +34,7 @@ class PromptBuilder:
         # the entity context's widths, from every sample so that batches keep one shape
         gts = [self.gt_ids(s) for s in rows]
         self.max_gt = _round_up(max([len(g) for g in gts] + [1]), 8)
-        near = max([len(entities.near(g)) for g in gts] + [1])
+        near = max([len(entities.near(g)) for g in {tuple(g) for g in gts}] + [1])  # trajectories share G
         self.max_near = _round_up(min(near, rt.cfg.rewards.max_near), 16)
         questions = {s.question for s in rows}
         longest_q = max(len(self.enc.prompt_ids(q, 0)) for q in questions)
