@@ -88,7 +88,7 @@ def run_part(inp: PrepInputs, cfg, ctx: SampleContext | None, splits: dict[str, 
                 by_split[s.split].append(s)
             ok.append({"slide_id": it.slide_id, "path": it.path, "num_patches": int(len(ff.features)),
                        "label": label})
-            yield encode_slide(slide_record(it, ff, label))
+            yield encode_slide(slide_record(it, ff, label), cfg.data.feature_dtype)
 
     slides_shard = write_shard(os.path.join(inp.prep_dir, shard_name("slides", part, n)), slide_records())
     sample_shards = {}

@@ -2,7 +2,8 @@
 
 Records are serialised with msgpack, never pickle: a numpy array becomes a map
 `{"__nd__": True, "dtype": str, "shape": [...], "data": bytes}` (C order, little
-endian), so a shard can be read by any msgpack implementation.
+endian; bfloat16, which numpy has no code for, as dtype "bfloat16" over its 16-bit
+words), so a shard can be read by any msgpack implementation.
 
 A *slide record* holds one slide's patch features; a *sample record* holds one
 question/trajectory pair about a slide. The trajectory text the model is trained to
@@ -16,15 +17,22 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import msgpack
 import numpy as np
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
 IMAGE_TOKEN = "<image>"
+# how slide features may be stored (`data.feature_dtype`); 16-bit halves a 45k-patch slide
+FEATURE_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+                  "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
 def _pack_default(obj):
+    if isinstance(obj, np.ndarray) and obj.dtype == FEATURE_DTYPES["bfloat16"]:
+        return {"__nd__": True, "dtype": "bfloat16", "shape": list(obj.shape),
+                "data": np.ascontiguousarray(obj).view(np.uint16).astype("<u2").tobytes()}
     if isinstance(obj, np.ndarray):
         arr = np.ascontiguousarray(obj)
         return {"__nd__": True, "dtype": arr.dtype.newbyteorder("<").str,
@@ -36,6 +44,9 @@ def _pack_default(obj):
 
 def _unpack_hook(d):
     if d.get("__nd__") is True:
+        if d["dtype"] == "bfloat16":
+            words = np.frombuffer(d["data"], dtype="<u2").astype(np.uint16)
+            return words.view(FEATURE_DTYPES["bfloat16"]).reshape(d["shape"])
         return np.frombuffer(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
     return d
 
@@ -53,8 +64,10 @@ def unpack(data: bytes) -> dict:
 class SlideRecord:
     """One slide's patch features.
 
-    features_nd: (N, D) float32; coords_n2: (N, 2) int64 level-0 (x, y) of each patch's
-    top-left corner; cluster_ids_n: (N,) int32 pseudo-bag (k-means) cluster of each patch.
+    features_nd: (N, D) float32, or float16 / bfloat16 as stored (`data.feature_dtype`:
+    readers copy the rows they keep into float32 batches, so a 45k-patch slide is never
+    widened whole); coords_n2: (N, 2) int64 level-0 (x, y) of each patch's top-left
+    corner; cluster_ids_n: (N,) int32 pseudo-bag (k-means) cluster of each patch.
     """
     slide_id: str
     features: np.ndarray
@@ -67,7 +80,8 @@ class SlideRecord:
     patch_size_level0: int = 256
 
     def __post_init__(self):
-        self.features = np.asarray(self.features, np.float32)
+        f = np.asarray(self.features)
+        self.features = f if f.dtype in FEATURE_DTYPES.values() else f.astype(np.float32)
         self.coords = np.asarray(self.coords, np.int64).reshape(-1, 2)
         self.cluster_ids = np.asarray(self.cluster_ids, np.int32).reshape(-1)
         n = self.features.shape[0]
@@ -110,8 +124,12 @@ class SampleRecord:
         return format_trajectory(self.findings, self.reasoning, self.answer)
 
 
-def encode_slide(rec: SlideRecord) -> bytes:
-    return pack({"v": SCHEMA_VERSION, "kind": "slide", **dataclasses.asdict(rec)})
+def encode_slide(rec: SlideRecord, feature_dtype: str = "") -> bytes:
+    """`feature_dtype` (a FEATURE_DTYPES name): store the features in it; "": as they are."""
+    d = dataclasses.asdict(rec)
+    if feature_dtype:
+        d["features"] = np.asarray(rec.features).astype(FEATURE_DTYPES[feature_dtype])
+    return pack({"v": SCHEMA_VERSION, "kind": "slide", **d})
 
 
 def decode_slide(data: bytes) -> SlideRecord:

@@ -30,6 +30,30 @@ def test_slide_record_roundtrip_is_plain_msgpack():
         decode_sample(data)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_feature_storage_halves_the_record_and_rounds_like_the_dtype(dtype):
+    import ml_dtypes
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(300, 64)).astype(np.float32)
+    rec = SlideRecord("s", feats, np.zeros((300, 2)), np.zeros(300))
+    full, half = encode_slide(rec), encode_slide(rec, dtype)
+    assert len(full) - len(half) >= 300 * 64 * 2 - 16  # the features: 2 bytes each instead of 4
+    raw = msgpack.unpackb(half, raw=False)
+    assert raw["features"]["dtype"] == {"float16": "<f2", "bfloat16": "bfloat16"}[dtype]
+    assert len(raw["features"]["data"]) == 300 * 64 * 2
+    back = decode_slide(half)
+    want = feats.astype({"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype])
+    assert back.features.dtype == want.dtype  # kept 16-bit in memory until rows are picked
+    np.testing.assert_array_equal(back.features.astype(np.float32), want.astype(np.float32))
+    # bfloat16 keeps float32's exponent and 8 mantissa bits: relative error ≤ 2⁻⁸
+    err = np.abs(back.features.astype(np.float32) - feats) / np.abs(feats)
+    assert err.max() <= (2.0 ** -8 if dtype == "bfloat16" else 2.0 ** -11)
+    # a batch built from it is float32, as from a float32 store
+    batch = np.zeros((1, 300, 64), np.float32)
+    batch[0, :] = back.features[np.arange(300)]
+    np.testing.assert_array_equal(batch[0], want.astype(np.float32))
+
+
 def test_sample_record_roundtrip_and_validation():
     s = SampleRecord("s1::0", "s1", "train", "<image>\nWhat is it?", ["f1.", "f2."], ["r1.", "r2."], "dx",
                      "dx", ["a", "b"], "diagnosis")

@@ -97,6 +97,7 @@ RULES: dict = {
     "model.lora.targets": each(one_of(*LORA_TARGETS)),
     # ---------------------------------------------------------------- data
     "data.kg_format": one_of(*KG_FORMATS),
+    "data.feature_dtype": one_of("float32", "float16", "bfloat16"),
     "data.encoder": one_of(*ENCODERS),
     "data.reasoning_writer": one_of(*REASONING_WRITERS),
     "data.target_magnification": positive,
