@@ -16,16 +16,16 @@ sharding rules of `pathreasoner_jax.sharding`:
 - activations of one SFT micro-batch (rows b = batch / (data·fsdp) / grad_accum, T
   tokens, compute dtype bytes c). One decoder layer's working set
   W = c·b·T·(4H + 2·nh·hd + 2·nkv·hd + 3I) (norm inputs/outputs, q/k/v, attention output,
-  gate/up/product) + b·nh·T²·(8 + c) (XLA's attention holds the fp32 probabilities, their
-  fp32 gradient and a compute-dtype copy; a flash kernel would not), heads/MLP parts
+  gate/up/product) + b·nh·T²·(4 + 2c) (XLA's attention holds the fp32 probabilities, a
+  compute-dtype copy and its gradient; a flash kernel would not), heads/MLP parts
   divided by tensor. The loss: 2·4·b·T_l·V/tensor (fp32 logits and their gradient;
   T_l = `model.logits_chunk` when the sequence is longer, else T). With `model.remat`
   the backward passes through the loss and then one layer at a time, so the peak is
-  L·R + max(W, loss), R = c·b·T·(H + 2I/tensor) being what a rematerialised layer keeps:
-  its input and — measured, not designed — about two MLP-wide tensors more (libtpu's
-  scheduler starts recomputations early: Qwen2.5-0.5B at 4608 tokens grows by 153 MB
-  per layer from 1 to 24 layers at 1 row per chip and by 209 MB at 2 rows; R = 98 and
-  196 MB); without remat every layer's W is kept: L·W + loss. LongNet (fp32, not rematerialised):
+  L·R + max(W, loss), R = c·b·T·(H + 2.5·I/tensor) being what a rematerialised layer
+  keeps: its input and — measured, not designed — two to three MLP-wide tensors more
+  (libtpu's scheduler starts recomputations early: Qwen2.5-0.5B at 4608 tokens grows by
+  153 MB per layer from 1 to 24 layers at 1 row per chip and by 209 MB at 2 rows; R = 120
+  and 240 MB); without remat every layer's W is kept: L·W + loss. LongNet (fp32, not rematerialised):
   per layer 4·b·P·(6W + 3Fs) + per branch 4·b·h·n_pad·seg/r² (the softmax probabilities).
 - gathered weights (fsdp > 1): each step all-gathers a layer's matrices before use (two
   layers in flight) and the embedding and LM head whole, in the compute dtype:
@@ -103,11 +103,11 @@ def llm_activation_bytes(llm, rows: float, seq: int, c: int, tensor: int, remat:
     """Decoder layers and the loss of one micro-batch (module docstring)."""
     h, hd, i = llm.hidden_size, head_dim(llm), llm.intermediate_size
     work = c * rows * seq * (4 * h + (2 * llm.num_heads * hd + 2 * llm.num_kv_heads * hd + 3 * i) / tensor)
-    work += (8 + c) * rows * llm.num_heads * seq * seq / tensor
+    work += (4 + 2 * c) * rows * llm.num_heads * seq * seq / tensor
     pos = seq if logit_positions is None else logit_positions
     loss = 2 * 4 * rows * (min(pos, chunk) if chunk > 0 else pos) * llm.vocab_size / tensor
     if remat:
-        return llm.num_layers * c * rows * seq * (h + 2 * i / tensor) + max(work, loss)
+        return llm.num_layers * c * rows * seq * (h + 2.5 * i / tensor) + max(work, loss)
     return llm.num_layers * work + loss
 
 

@@ -229,7 +229,7 @@ def test_extrapolated_temporaries_take_the_smaller_of_the_two_compiles():
     shapes = {"batch": 32, "grad_accum": 1, "seq_len": 256, "patches": 128}
     mesh = {"data": 1, "fsdp": 4, "tensor": 1}
     # remat off: one more layer keeps its whole working set (memory.py), rows 32 / 4 = 8, fp32
-    layer = 4 * 8 * 256 * (4 * 512 + 2 * 4 * 128 + 2 * 2 * 128 + 3 * 512) + 12 * 8 * 4 * 256 * 256
+    layer = 4 * 8 * 256 * (4 * 512 + 2 * 4 * 128 + 2 * 2 * 128 + 3 * 512) + (4 + 2 * 4) * 8 * 4 * 256 * 256
     assert layer_residual_bytes("sft_step", shapes, mc, mesh) == layer
     assert layer_residual_bytes("grpo_logprobs", shapes, mc, mesh) == 0.0
 

@@ -176,6 +176,7 @@ def extrapolate_part(a: dict, b: dict, la: int, lb: int, layers: int, cfg, model
                            for k, v in b["collectives"].items()}
     part["compile_s"] = a["compile_s"] + b["compile_s"]
     part["extrapolated_from_layers"] = [la, lb]
+    part["layer_compiles"] = {str(la): a["memory"], str(lb): b["memory"], "residual_per_layer": residual}
     return roofline(part, cfg, model_cfg, sl)
 
 
