@@ -236,12 +236,14 @@ def test_extrapolated_temporaries_take_the_smaller_of_the_two_compiles():
     def part(temps, args):
         return {"name": "sft_step", "calls_per_step": 1.0, "shapes": shapes, "compile_s": 1.0,
                 "memory": {"arguments": args, "outputs": 0.0, "aliased": 0.0, "temporaries": temps,
-                           "generated_code": 0.0, "peak": args + temps},
+                           "generated_code": args / 2, "peak": args + temps},
                 "xla_flops": 1e9, "bytes_accessed": 1e9, "ici_bytes": 0.0, "collectives": {}}
     sl = T.parse_slice("v5e-4")
     inflated = extrapolate_part(part(1e9, 10.0), part(5e9, 20.0), 1, 2, 6, cfg, mc, sl, mesh)
     assert inflated["memory"]["temporaries"] == 1e9 + 5 * layer  # from the 1-layer compile
     assert inflated["memory"]["arguments"] == 60.0  # arguments stay linear: 10 + 10·(6 − 1)
-    assert inflated["memory"]["peak"] == 60.0 + 1e9 + 5 * layer
+    # identical layers share their code: the larger compile's, not a line through both
+    assert inflated["memory"]["generated_code"] == 10.0
+    assert inflated["memory"]["peak"] == 60.0 + 1e9 + 5 * layer + 10.0
     shrunk = extrapolate_part(part(5e9, 10.0), part(1e9, 20.0), 1, 2, 6, cfg, mc, sl, mesh)
     assert shrunk["memory"]["temporaries"] == 1e9 + 4 * layer
