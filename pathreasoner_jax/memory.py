@@ -28,8 +28,8 @@ sharding rules of `pathreasoner_jax.sharding`:
   and 240 MB); without remat every layer's W is kept: L·W + loss. LongNet (fp32, not rematerialised):
   per layer 4·b·P·(6W + 3Fs) + per branch 4·b·h·n_pad·seg/r² (the softmax probabilities).
 - gathered weights (fsdp > 1): each step all-gathers a layer's matrices before use (two
-  layers in flight) and the embedding and LM head whole, in the compute dtype:
-  c·(2·layer + V·H·(1 + untied))/tensor.
+  layers in flight) and one V×H table whole (the LM head; the embedding lookup reads its
+  own shard), in the compute dtype: c·(2·layer + V·H)/tensor.
 - program: XLA's generated code, 256 MiB (libtpu: 0.11–0.17 GB for Qwen2.5-0.5B at 1 to 24
   layers; identical layers share their code).
 - GRPO update: the same per micro-batch of rows p·G / grpo.micro_batches (p prompts per
@@ -127,8 +127,7 @@ def gathered_weight_bytes(llm, c: int, fsdp: int, tensor: int) -> float:
         return 0.0
     h, hd, i = llm.hidden_size, head_dim(llm), llm.intermediate_size
     layer = h * hd * (2 * llm.num_heads + 2 * llm.num_kv_heads) + 3 * h * i
-    embed = llm.vocab_size * h * (1 if llm.tie_word_embeddings else 2)
-    return c * (2 * layer + embed) / tensor
+    return c * (2 * layer + llm.vocab_size * h) / tensor
 
 
 def program_bytes(llm) -> float:

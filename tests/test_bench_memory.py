@@ -73,8 +73,8 @@ def test_estimate_sharded_by_hand():
     layer = 4 * 2 * 24 * (4 * 64 + (2 * 4 * 16 + 2 * 2 * 16 + 3 * 128) / 2) + (4 + 2 * 4) * 2 * 4 * 24 * 24 / 2
     assert est["activations"] == 2 * layer + 2 * 4 * 2 * 24 * 256 / 2 + LONGNET
     # FSDP gathers two layers' matrices (q, k, v, o: 64·16·(4+2+2+4); MLP 3·64·128) and the
-    # untied embedding + head whole, split over tensor
-    assert est["gathered"] == 4 * (2 * (64 * 16 * 12 + 3 * 64 * 128) + 2 * 256 * 64) / 2
+    # LM head whole (not the embedding: a lookup reads its own shard), split over tensor
+    assert est["gathered"] == 4 * (2 * (64 * 16 * 12 + 3 * 64 * 128) + 256 * 64) / 2
 
 
 def test_remat_keeps_each_layers_residual_then_the_larger_of_a_layer_and_the_loss():
