@@ -36,14 +36,16 @@ def cell_overrides(stage: str, tokens: int, chips: int) -> list[str]:
     return out + [f"grpo.prompts_per_step={prompts}", f"grpo.micro_batches={prompts * 8 // chips}"]
 
 
-def pick_mesh(cfg, chips: int, hbm: int) -> tuple[int, int, int]:
+def pick_mesh(cfg, stage: str, chips: int, hbm: int) -> tuple[int, int, int]:
+    """data 1, the smallest tensor degree whose memory.py estimate of this stage fits."""
     from pathreasoner_jax import memory
     from pathreasoner_jax.models.factory import resolve_model_config
     mc = resolve_model_config(cfg.model)
+    total = "train_total" if stage == "sft" else "grpo_total"
     for t in (1, 2, 4, 8):
         if chips % t == 0:
             est = memory.estimate(cfg, (1, chips // t, t), hbm, model_cfg=mc)
-            if est["peak"] <= hbm:
+            if est[total] <= hbm:
                 return 1, chips // t, t
     return 1, chips // 8, 8
 
@@ -56,7 +58,7 @@ def run_cell(model: str, tokens: int, stage: str, slice_name: str, out_dir: str)
     from pathreasoner_jax.pod.topology import parse_slice
     sl = parse_slice(slice_name)
     cfg = load_config(MODELS[model], cell_overrides(stage, tokens, sl.num_devices))
-    cfg = with_mesh(cfg, *pick_mesh(cfg, sl.num_devices, sl.device_hbm_bytes))
+    cfg = with_mesh(cfg, *pick_mesh(cfg, stage, sl.num_devices, sl.device_hbm_bytes))
     rep = compile_config(cfg, sl, (stage,), log=print, layers_fit=(1, 2))
     s = rep["stages"][stage]
     row = {"model": model, "slide_tokens": tokens, "stage": stage, "slice": slice_name, "mesh": rep["mesh"],
