@@ -27,7 +27,7 @@ import numpy as np
 from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.core.io import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: node keys stored
 
 
 def _pack(strings) -> tuple[np.ndarray, np.ndarray]:
@@ -46,11 +46,12 @@ class CompactKG:
     """names/types (N lists), synonyms ({index: [str]}), directed edges head/tail/rel
     (int32 arrays, rel indexing `relations`), `source` (the file it came from)."""
 
-    def __init__(self, names, types, synonyms, head, tail, rel, relations, source: str = ""):
+    def __init__(self, names, types, synonyms, head, tail, rel, relations, source: str = "", keys=None):
         self.names, self.types = list(names), list(types)
         self.synonym_map = {int(k): list(v) for k, v in dict(synonyms).items()}
         self.relations, self.source = list(relations), source
-        self.keys: list[str] = [str(i) for i in range(len(self.names))]  # the source's node ids
+        # each node's id in the source (e.g. "primekg:1"); default: its index
+        self.keys: list[str] = list(keys) if keys is not None else [str(i) for i in range(len(self.names))]
         n = len(self.names)
         head, tail, rel = (np.asarray(x, np.int32) for x in (head, tail, rel))
         key = head.astype(np.int64) * n + tail
@@ -197,13 +198,14 @@ class CompactKG:
         """One .npz (strings packed as UTF-8 bytes + offsets; no pickle); `extra`: any JSON."""
         n = len(self.names)
         names, name_off = _pack(self.names)
+        keys, key_off = _pack(self.keys)
         type_vocab = sorted(set(self.types))
         tcode = {t: i for i, t in enumerate(type_vocab)}
         meta = {"version": FORMAT_VERSION, "source": self.source, "relations": self.relations,
                 "types": type_vocab, "synonyms": self.synonym_map, "extra": extra or {}}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, names=names, name_offsets=name_off,
+                np.savez(f, names=names, name_offsets=name_off, keys=keys, key_offsets=key_off,
                          types=np.asarray([tcode[t] for t in self.types], np.int16),
                          head=(self.edge_key // n).astype(np.int32), tail=(self.edge_key % n).astype(np.int32),
                          rel=self.edge_rel.astype(np.int32),
@@ -219,7 +221,7 @@ class CompactKG:
                     raise ValueError(f"cache format {meta.get('version')}, expected {FORMAT_VERSION}")
                 types = [meta["types"][i] for i in z["types"].tolist()]
                 kg = cls(_unpack(z["names"], z["name_offsets"]), types, meta["synonyms"], z["head"], z["tail"],
-                         z["rel"], meta["relations"], meta["source"])
+                         z["rel"], meta["relations"], meta["source"], _unpack(z["keys"], z["key_offsets"]))
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"{path}: not a readable knowledge-graph cache ({e})") from None
         return kg, meta.get("extra", {})

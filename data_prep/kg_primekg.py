@@ -93,11 +93,9 @@ def read_primekg(path: str, max_rows: int = 0) -> CompactKG:
     keys = np.asarray(sorted(node_name), np.int64)
     cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64))  # noqa: E731
     head, tail = np.searchsorted(keys, cat(heads)), np.searchsorted(keys, cat(tails))
-    kg = CompactKG([node_name[k] for k in keys.tolist()],
-                   [PRIMEKG_TYPES.get(node_type[k], node_type[k]) for k in keys.tolist()], {}, head, tail,
-                   cat(rels) if rels else np.zeros(0, np.int32), list(labels), source=path)
-    kg.keys = [f"primekg:{k}" for k in keys.tolist()]
-    return kg
+    return CompactKG([node_name[k] for k in keys.tolist()],
+                     [PRIMEKG_TYPES.get(node_type[k], node_type[k]) for k in keys.tolist()], {}, head, tail,
+                     cat(rels), list(labels), source=path, keys=[f"primekg:{k}" for k in keys.tolist()])
 
 
 def _new_names(idx: np.ndarray, names, types, node_name: dict, node_type: dict) -> None:
@@ -123,15 +121,14 @@ def load_primekg(path: str, cache_dir: str = "", max_rows: int = 0) -> CompactKG
     if fp and os.path.isfile(cached):
         try:
             kg, stored = CompactKG.load(cached)
-            if stored.get("fingerprint") == fp and len(stored.get("keys") or []) == kg.num_nodes():
-                kg.keys = stored["keys"]
+            if stored.get("fingerprint") == fp:
                 kg.source = path
                 return kg
         except UserError as e:
             print(f"pathreasoner: {e}; reading {path} again", file=sys.stderr)
     kg = read_primekg(path, max_rows)
     try:
-        kg.save(cached, {"fingerprint": fp, "keys": kg.keys})
+        kg.save(cached, {"fingerprint": fp})
     except OSError as e:  # a read-only data folder: carry on without a cache
         print(f"pathreasoner: cannot cache the KG at {cached} ({e}); set a writable cache folder", file=sys.stderr)
     return kg

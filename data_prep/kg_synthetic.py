@@ -14,6 +14,8 @@ import argparse
 
 import numpy as np
 
+from pathreasoner_jax.core.io import atomic_path
+
 # PrimeKG's node types and counts (Chandak et al. 2023, Table 1)
 TYPES = {"gene/protein": 27671, "drug": 7957, "effect/phenotype": 15311, "disease": 17080,
          "biological_process": 28642, "molecular_function": 11169, "cellular_component": 4176,
@@ -85,11 +87,11 @@ def synthetic_primekg(path: str, nodes: int = FULL_NODES, edges: int = FULL_EDGE
             cols["disp"].append(np.full(keep.sum(), disp, object))
     x, y = np.concatenate(cols["x"]), np.concatenate(cols["y"])
     names = np.asarray([_name(i) for i in range(start)], object)
+    source = np.full(len(x), "SYN", object)
     table = pa.table({
         "relation": np.concatenate(cols["rel"]), "display_relation": np.concatenate(cols["disp"]),
-        "x_index": x, "x_id": x.astype(str), "x_type": type_of[x], "x_name": names[x], "x_source": np.full(len(x), "SYN", object),
-        "y_index": y, "y_id": y.astype(str), "y_type": type_of[y], "y_name": names[y], "y_source": np.full(len(x), "SYN", object)})
-    from pathreasoner_jax.core.io import atomic_path
+        "x_index": x, "x_id": x.astype(str), "x_type": type_of[x], "x_name": names[x], "x_source": source,
+        "y_index": y, "y_id": y.astype(str), "y_type": type_of[y], "y_name": names[y], "y_source": source})
     with atomic_path(path) as tmp:
         pcsv.write_csv(table, tmp)
     return {"nodes": int(start), "rows": int(len(x)), "types": {t: int(c) for t, c in counts.items()}}

@@ -130,8 +130,7 @@ def gathered_weight_bytes(llm, c: int, fsdp: int, tensor: int) -> float:
     return c * (2 * layer + llm.vocab_size * h) / tensor
 
 
-def program_bytes(llm) -> float:
-    return float(256 << 20)
+PROGRAM_BYTES = float(256 << 20)  # XLA's generated code (module docstring)
 
 
 def kv_cache_bytes(llm, prompts: float, group: int, prompt_len: int, new_tokens: int, c: int, tensor: int) -> float:
@@ -165,13 +164,13 @@ def estimate(cfg, mesh_shape, device_bytes: int | None = None, *, seq_len: int |
     g_act = (llm_activation_bytes(mc.llm, g_rows, seq + g.max_new_tokens, c, tensor, mc.remat,
                                   logit_positions=g.max_new_tokens, chunk=mc.logits_chunk)
              + longnet_activation_bytes(mc.slide, g_rows, patches))
-    fixed = gathered_weight_bytes(mc.llm, c, fsdp, tensor) + program_bytes(mc.llm)
     out = {"params": params, "grads": p_bytes * trainable, "optimizer": 2 * p_bytes * trainable,
            "activations": act, "grpo_activations": g_act, "kv_cache": kv,
-           "gathered": gathered_weight_bytes(mc.llm, c, fsdp, tensor), "program": program_bytes(mc.llm),
+           "gathered": gathered_weight_bytes(mc.llm, c, fsdp, tensor), "program": PROGRAM_BYTES,
            "mesh": {"data": data, "fsdp": fsdp, "tensor": tensor}, "seq_len": seq, "batch": batch,
            "patches": patches}
     state = params + out["grads"] + out["optimizer"]
+    fixed = out["gathered"] + out["program"]
     out["train_total"] = state + act + fixed
     out["grpo_total"] = state + g_act + fixed
     out["rollout_total"] = params + kv + fixed

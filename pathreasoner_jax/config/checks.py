@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathreasoner_jax.config.rulekit import (Pred, above, at_least, each, find_problems, if_no_hf_path, if_set,
                                              in_range, non_empty, one_of, relation)
 from pathreasoner_jax.core.errors import ConfigError
+from pathreasoner_jax.records import FEATURE_DTYPES
 
 # The consumers' allowed values (the test compares each with the constant named).
 DTYPES = ("float32", "bfloat16", "float16")                  # models/vlm.py DTYPES, memory.py _BYTES
@@ -97,7 +98,7 @@ RULES: dict = {
     "model.lora.targets": each(one_of(*LORA_TARGETS)),
     # ---------------------------------------------------------------- data
     "data.kg_format": one_of(*KG_FORMATS),
-    "data.feature_dtype": one_of("float32", "float16", "bfloat16"),
+    "data.feature_dtype": one_of(*FEATURE_DTYPES),
     "data.encoder": one_of(*ENCODERS),
     "data.reasoning_writer": one_of(*REASONING_WRITERS),
     "data.target_magnification": positive,

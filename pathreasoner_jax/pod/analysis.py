@@ -162,7 +162,7 @@ def extrapolate_memory(a: dict, b: dict, la: int, lb: int, layers: int, residual
 
 
 def extrapolate_part(a: dict, b: dict, la: int, lb: int, layers: int, cfg, model_cfg, sl: Slice,
-                     mesh_shape: dict | None = None) -> dict:
+                     mesh_shape: dict) -> dict:
     """The part at `layers` decoder layers from compiles at `la` and `lb`. FLOPs, bytes
     accessed, collectives, arguments and outputs are a + (b − a)·(L − la)/(lb − la)
     (the layers are identical and unrolled, so each adds the same parameters, FLOPs and
@@ -179,7 +179,7 @@ def extrapolate_part(a: dict, b: dict, la: int, lb: int, layers: int, cfg, model
     w = (layers - la) / (lb - la)
     lin = lambda x, y: x + (y - x) * w  # noqa: E731
     part = {k: v for k, v in b.items() if k in ("name", "calls_per_step", "shapes", "largest_allocations")}
-    residual = layer_residual_bytes(b["name"], b["shapes"], model_cfg, mesh_shape or dict(cfg.mesh.__dict__))
+    residual = layer_residual_bytes(b["name"], b["shapes"], model_cfg, mesh_shape)
     part["memory"] = extrapolate_memory(a["memory"], b["memory"], la, lb, layers, residual)
     part.update({k: lin(a[k], b[k]) for k in LINEAR})
     part["collectives"] = {k: {f: lin(a["collectives"].get(k, {}).get(f, 0), v[f]) for f in v}
