@@ -10,7 +10,9 @@ On a PrimeKG-shaped synthetic `kg.csv` (`data_prep.kg_synthetic`; `bench.kg_node
   median and p99 latency);
 - the lexicon of the reward (`data_prep.entities.build_entities` with the corpus
   entities) and its device arrays: the compiled token-pattern table, and the per-prompt
-  entity context at `bench.batch` prompts (bytes; no |V|×|V| matrix).
+  entity context at `bench.batch` prompts (bytes; no |V|×|V| matrix);
+- the store (`benchmarks/prep_store.py`): trajectory and shard writing, the SFT loader's
+  samples/s with and without grain workers, and a 45k-patch slide read whole vs chunked.
 """
 from __future__ import annotations
 
@@ -112,6 +114,8 @@ def bench_prep_scale(cfg, work_dir: str = "") -> dict:
     out["reward_found_bytes_per_row"] = len(ents.names) + 1  # entities_found's (B, E+1) bool
     out["dense_similarity_bytes_avoided"] = 4 * len(ents.names) ** 2
     out.update(_lexicon_arrays(ents))
+    from benchmarks.prep_store import bench_store
+    out["store"] = bench_store(cfg, root)
     out["peak_rss_bytes"] = process_max_rss_bytes()
     if tmp is not None:
         tmp.cleanup()

@@ -23,11 +23,30 @@ def _logging():
     logging.basicConfig(level=logging.WARNING, format="pathreasoner: %(levelname)s: %(message)s")
 
 
+def worker_from_env(num_workers, worker_index, unset_index: int) -> tuple[int, int]:
+    """(N, I) from the flags, else from the job's environment: a SLURM array
+    (SLURM_ARRAY_TASK_COUNT / _ID), SLURM tasks (SLURM_NTASKS / SLURM_PROCID), a TPU VM
+    slice (TPU_WORKER_HOSTNAMES, comma-separated / TPU_WORKER_ID), else one worker."""
+    if num_workers is not None:
+        return int(num_workers), unset_index if worker_index is None else int(worker_index)
+    env = os.environ
+    for count, index in (("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_ID"), ("SLURM_NTASKS", "SLURM_PROCID")):
+        if env.get(count) and env.get(index) and int(env[count]) > 1:
+            return int(env[count]), int(env[index]) if worker_index is None else int(worker_index)
+    if env.get("TPU_WORKER_HOSTNAMES") and env.get("TPU_WORKER_ID"):
+        hosts = [h for h in env["TPU_WORKER_HOSTNAMES"].split(",") if h]
+        if len(hosts) > 1:
+            return len(hosts), int(env["TPU_WORKER_ID"]) if worker_index is None else int(worker_index)
+    return 1, unset_index if worker_index is None else int(worker_index)
+
+
 def run_prepare(args) -> int:
     _logging()
     cfg = load_config(args.config, getattr(args, "overrides", []))
-    return prepare(cfg, num_workers=args.num_workers, worker_index=args.worker_index,
-                   merge_only=args.merge, force=args.force)
+    n, i = worker_from_env(args.num_workers, args.worker_index, -1)
+    if args.merge and args.num_workers is None:
+        i = -1
+    return prepare(cfg, num_workers=n, worker_index=i, merge_only=args.merge, force=args.force)
 
 
 def prepare(cfg, num_workers: int = 1, worker_index: int = -1, merge_only: bool = False, force: bool = False) -> int:
@@ -123,6 +142,7 @@ def _file_hash(path: str) -> str:
 def run_features(args) -> int:
     _logging()
     from data_prep.features import extract_folder
+    n, i = worker_from_env(args.num_workers, args.worker_index, 0)
     return extract_folder(args.slides, args.out, encoder=args.encoder, weights=args.encoder_weights,
                           magnification=args.magnification, patch_size=args.patch_size,
-                          num_workers=args.num_workers, worker_index=args.worker_index)
+                          num_workers=n, worker_index=i)

@@ -17,11 +17,12 @@ import sys
 from collections import Counter, defaultdict
 
 from pathreasoner_jax.core.errors import UserError
-from pathreasoner_jax.records import SPLITS, encode_sample, encode_slide
+from pathreasoner_jax.data.slide_chunks import encode_slide_records
+from pathreasoner_jax.records import SPLITS, encode_sample
 from pathreasoner_jax.core.io import remove_stale_tmp, sha256_file, write_json
 from data_prep.inputs import PrepInputs
 from data_prep.sample_stage import SampleContext, samples_for
-from data_prep.shards import shard_name, write_shard
+from data_prep.shards import SLIDE_WRITER_OPTIONS, shard_name, write_shard
 from data_prep.slide_stage import SlideSettings, features_for, slide_record
 
 
@@ -55,6 +56,7 @@ def run_part(inp: PrepInputs, cfg, ctx: SampleContext | None, splits: dict[str, 
     ok, failed, warnings, sample_fail = [], [], [], []
     by_split = defaultdict(list)
     ref_by_slide = defaultdict(list)
+    rows = [0]  # next row of the slide shard: a chunked slide takes 1 + K rows
     for s in reference or []:
         ref_by_slide[s.slide_id].append(s)
 
@@ -86,11 +88,15 @@ def run_part(inp: PrepInputs, cfg, ctx: SampleContext | None, splits: dict[str, 
                 sample_fail.extend(fails)
             for s in ref_by_slide.get(it.slide_id, []):
                 by_split[s.split].append(s)
+            records = encode_slide_records(slide_record(it, ff, label), cfg.data.feature_dtype,
+                                           cfg.data.slide_chunk_rows)
             ok.append({"slide_id": it.slide_id, "path": it.path, "num_patches": int(len(ff.features)),
-                       "label": label})
-            yield encode_slide(slide_record(it, ff, label), cfg.data.feature_dtype)
+                       "label": label, "row": rows[0], "chunks": len(records) - 1 or 1})
+            rows[0] += len(records)
+            yield from records
 
-    slides_shard = write_shard(os.path.join(inp.prep_dir, shard_name("slides", part, n)), slide_records())
+    slides_shard = write_shard(os.path.join(inp.prep_dir, shard_name("slides", part, n)), slide_records(),
+                               SLIDE_WRITER_OPTIONS)
     sample_shards = {}
     for split in SPLITS:
         recs = sorted(by_split.get(split, []), key=lambda s: s.sample_id)
@@ -135,7 +141,7 @@ def merge(inp: PrepInputs, cfg, kg, n: int, config_hash: str, reference: list | 
     index = {}
     for k, p in enumerate(parts):
         for row, s in enumerate(p["slides_ok"]):
-            index[s["slide_id"]] = [k, row]
+            index[s["slide_id"]] = [k, s.get("row", row)]
     sample_shards = {sp: [p["shards"]["samples"][sp] for p in parts] for sp in SPLITS}
     counts = {"slides_ok": len(slides_ok), "slides_failed": len(slides_failed),
               "patches": sum(s["num_patches"] for s in slides_ok),

@@ -69,14 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--magnification", type=_number(float, 0, inclusive=False), default=20.0,
                            help="target magnification (> 0)")
             p.add_argument("--patch-size", type=_number(int, 16), default=256, help="patch side in pixels (>= 16)")
-            p.add_argument("--num-workers", type=_number(int, 1), default=1,
-                           help="split the slides into N disjoint parts (one per machine or array task)")
-            p.add_argument("--worker-index", type=_number(int, 0), default=0,
-                           help="which part this process does (0 … N-1)")
+            p.add_argument("--num-workers", type=_number(int, 1), default=None,
+                           help="split the slides into N disjoint parts (one per machine or array task; "
+                                "default: from SLURM_ARRAY_TASK_COUNT, SLURM_NTASKS or TPU_WORKER_HOSTNAMES, else 1)")
+            p.add_argument("--worker-index", type=_number(int, 0), default=None,
+                           help="which part this process does (0 … N-1; default: the SLURM / TPU worker id)")
         elif name == "prepare":
             _config_args(p)
-            p.add_argument("--num-workers", type=_number(int, 1), default=1, help="split the work into N disjoint parts")
-            p.add_argument("--worker-index", type=_number(int, -1), default=-1, help="this part (-1: all, then merge)")
+            p.add_argument("--num-workers", type=_number(int, 1), default=None,
+                           help="split the work into N disjoint parts (default: from the SLURM / TPU environment "
+                                "as for `features`, else 1)")
+            p.add_argument("--worker-index", type=_number(int, -1), default=None,
+                           help="this part (-1: all, then merge; default: the SLURM / TPU worker id, else -1)")
             p.add_argument("--merge", action="store_true", help="only merge the parts' manifests")
             p.add_argument("--force", action="store_true",
                            help="redo finished parts and per-slide caches (calls the reasoning writer again)")

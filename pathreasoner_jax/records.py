@@ -78,14 +78,16 @@ class SlideRecord:
     label: str = ""  # tissue class / diagnosis where known
     patch_size: int = 256
     patch_size_level0: int = 256
+    chunks: int = 1  # K strided feature chunks in the store (data/slide_chunks.py); 1 = one record
 
     def __post_init__(self):
-        f = np.asarray(self.features)
-        self.features = f if f.dtype in FEATURE_DTYPES.values() else f.astype(np.float32)
+        if not getattr(self.features, "lazy", False):  # ChunkedFeatures: read on indexing
+            f = np.asarray(self.features)
+            self.features = f if f.dtype in FEATURE_DTYPES.values() else f.astype(np.float32)
         self.coords = np.asarray(self.coords, np.int64).reshape(-1, 2)
         self.cluster_ids = np.asarray(self.cluster_ids, np.int32).reshape(-1)
         n = self.features.shape[0]
-        if self.features.ndim != 2 or self.coords.shape[0] != n or self.cluster_ids.shape[0] != n:
+        if len(self.features.shape) != 2 or self.coords.shape[0] != n or self.cluster_ids.shape[0] != n:
             raise ValueError(f"slide {self.slide_id}: features {self.features.shape}, coords "
                              f"{self.coords.shape} and cluster_ids {self.cluster_ids.shape} disagree")
 
@@ -132,9 +134,20 @@ def encode_slide(rec: SlideRecord, feature_dtype: str = "") -> bytes:
     return pack({"v": SCHEMA_VERSION, "kind": "slide", **d})
 
 
-def decode_slide(data: bytes) -> SlideRecord:
+def decode_slide(data: bytes, read_records=None, row: int = 0, where: str = "") -> SlideRecord:
+    """A slide record; the header of a chunked slide (`chunks` > 1) gets lazy
+    `ChunkedFeatures` reading its chunks through `read_records(rows) → [bytes]`, the
+    chunks being at shard rows row+1 … row+K."""
     d = unpack(data)
     _check(d, "slide")
+    if int(d.get("chunks", 1)) > 1:
+        from pathreasoner_jax.data.slide_chunks import ChunkedFeatures
+        if read_records is None:
+            raise ValueError(f"{where or 'record'}: slide {d.get('slide_id')!r} is stored in {d['chunks']} chunks; "
+                             f"read it through SlideStore")
+        n, dim = d["feature_shape"]
+        d["features"] = ChunkedFeatures(read_records, row + 1, d["chunks"], n, dim, d["feature_dtype"],
+                                        where=f"{where} slide {d['slide_id']}".strip())
     return SlideRecord(**{f.name: d[f.name] for f in dataclasses.fields(SlideRecord) if f.name in d})
 
 

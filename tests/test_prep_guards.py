@@ -65,3 +65,21 @@ def test_too_few_training_samples_is_one_line():
     with pytest.raises(UserError) as e:
         SFTLoader(Empty(), {}, None, batch_size=8, epochs=1, seed=0, length_buckets=[64], pad_id=0)
     assert str(e.value).startswith("/runs/x/prep (split 'train'): 0 training samples are fewer than one batch of 8")
+
+
+def test_worker_split_comes_from_the_flags_then_the_job_environment(monkeypatch):
+    from data_prep.cli import worker_from_env
+    for k in ("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_ID", "SLURM_NTASKS", "SLURM_PROCID",
+              "TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID"):
+        monkeypatch.delenv(k, raising=False)
+    assert worker_from_env(None, None, -1) == (1, -1)
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t0,t1,t2,t3")
+    monkeypatch.setenv("TPU_WORKER_ID", "2")
+    assert worker_from_env(None, None, 0) == (4, 2)
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    assert worker_from_env(None, None, 0) == (8, 5)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "16")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "11")
+    assert worker_from_env(None, None, 0) == (16, 11)  # the array wins over its tasks
+    assert worker_from_env(3, 1, 0) == (3, 1) and worker_from_env(3, None, -1) == (3, -1)  # flags win

@@ -228,3 +228,43 @@ def test_precomputed_features_and_reference_conversations(tmp_path, shared_dir):
     assert [train[i].sample_id for i in range(len(train))] == ["train::0"]
     missing = [f for f in m["samples_failed"] if "no features for slide" in f["error"]]
     assert len(missing) == 10
+
+
+def test_two_worker_features_and_prepare_equal_one_process(corpus, tmp_path):
+    """`features` and `prepare` on 2 workers + merge give the one-process result: the same
+    h5 features, samples (every field, same splits) and slides (stored chunked here)."""
+    import h5py
+    from data_prep.cli import prepare
+    from data_prep.features import extract_folder
+    from pathreasoner_jax.data.store import SampleSource, SlideStore
+    one, two = str(tmp_path / "f1"), str(tmp_path / "f2")
+    assert extract_folder(corpus["slides_dir"], one) == 0
+    for i in (0, 1):
+        assert extract_folder(corpus["slides_dir"], two, num_workers=2, worker_index=i) == 0
+    m1, m2 = (json.load(open(os.path.join(d, "manifest.json"))) for d in (one, two))
+    assert [s["slide_id"] for s in m1["slides_ok"]] == [s["slide_id"] for s in m2["slides_ok"]]
+    assert sorted(f["path"] for f in m1["slides_failed"]) == sorted(f["path"] for f in m2["slides_failed"])
+    for s in m1["slides_ok"]:
+        with h5py.File(os.path.join(one, s["h5"])) as a, h5py.File(os.path.join(two, s["h5"])) as b:
+            for k in ("features", "coords"):
+                np.testing.assert_array_equal(a[k][()], b[k][()], err_msg=f"{s['h5']} {k}")
+    base = [f"data.reports_path={corpus['reports_path']}", "run.progress=false", "data.splits=[0.34, 0.33, 0.33]",
+            "data.slide_chunk_rows=8"]
+    p1, p2 = str(tmp_path / "p1"), str(tmp_path / "p2")
+    assert prepare(load_config(None, base + [f"data.features_dir={one}", f"data.prep_dir={p1}"])) == 0
+    cfg2 = load_config(None, base + [f"data.features_dir={two}", f"data.prep_dir={p2}"])
+    for i in (0, 1):
+        assert prepare(cfg2, num_workers=2, worker_index=i) == 0
+    assert prepare(cfg2, num_workers=2, merge_only=True) == 0
+    for split in ("train", "val", "test"):
+        a, b = SampleSource(p1, split), SampleSource(p2, split)
+        rows = lambda src: sorted((vars(src[i]) for i in range(len(src))), key=lambda r: r["sample_id"])
+        assert rows(a) == rows(b), split
+    s1, s2 = SlideStore(p1), SlideStore(p2)
+    assert s1.ids() == s2.ids() and len(s1) >= 3
+    assert any(s1[sid].chunks > 1 for sid in s1.ids())  # demo slides have more than 8 patches
+    for sid in s1.ids():
+        x, y = s1[sid], s2[sid]
+        np.testing.assert_array_equal(np.asarray(x.features), np.asarray(y.features), err_msg=sid)
+        np.testing.assert_array_equal(x.coords, y.coords)
+        np.testing.assert_array_equal(x.cluster_ids, y.cluster_ids)

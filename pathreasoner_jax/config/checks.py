@@ -99,6 +99,7 @@ RULES: dict = {
     # ---------------------------------------------------------------- data
     "data.kg_format": one_of(*KG_FORMATS),
     "data.feature_dtype": one_of(*FEATURE_DTYPES),
+    "data.slide_chunk_rows": at_least(0, why="0 stores each slide as one record"),
     "data.encoder": one_of(*ENCODERS),
     "data.reasoning_writer": one_of(*REASONING_WRITERS),
     "data.target_magnification": positive,
@@ -225,6 +226,12 @@ RULES: dict = {
     "bench.kg_edges": at_least(2),
     "bench.scale_reports": count,
     "bench.scale_pairs": count,
+    "bench.scale_slides": count,
+    "bench.scale_patches": count,
+    "bench.samples_per_slide": count,
+    "bench.long_slide_patches": count,
+    "bench.loader_workers": (non_empty(), each(non_negative)),
+    "bench.loader_steps": count,
 }
 
 

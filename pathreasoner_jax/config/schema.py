@@ -86,6 +86,9 @@ class DataConfig:
     # slide features in the slide shards: float32 | float16 | bfloat16 (16-bit halves a
     # 45k-patch × 512 slide from 92 to 46 MB; the model reads them in its compute dtype anyway)
     feature_dtype: str = "float32"
+    # a slide with more patches is stored as ⌈N / slide_chunk_rows⌉ strided chunks, so the
+    # loader reads ~sample_num rows of it, not all (data/slide_chunks.py); 0: one record per slide
+    slide_chunk_rows: int = 2048
     augment_per_sample: int = 2
     reasoning_writer: str = "template"  # template | openai
     reasoning_url: str = ""
@@ -95,7 +98,7 @@ class DataConfig:
     max_text_len: int = 512
     length_buckets: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192])
     shuffle_seed: int = 0
-    num_workers: int = 0
+    num_workers: int = 0  # grain worker processes building SFT batches (0: in the training process)
     splits: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     demo_corpus: Optional[bool] = None  # None : build the demo corpus when no inputs are configured
     cache_dir: str = ".cache/demo"
@@ -237,6 +240,12 @@ class BenchConfig:
     kg_edges: int = 8100498  # kg.csv rows (each undirected edge listed both ways)
     scale_reports: int = 500  # synthetic reports to link
     scale_pairs: int = 500  # (finding, diagnosis) pairs to search paths for
+    scale_slides: int = 64  # slides in the store benchmark's shard
+    scale_patches: int = 4096  # patches of each (512-d, bf16)
+    samples_per_slide: int = 4  # trajectories per slide
+    long_slide_patches: int = 45000  # the one whole-slide-sized slide read whole vs chunked
+    loader_workers: list[int] = field(default_factory=lambda: [0, 2])  # grain worker counts to time
+    loader_steps: int = 8  # timed loader batches per worker count
 
 
 @dataclass

@@ -17,20 +17,13 @@ from typing import Optional
 
 import numpy as np
 
+from pathreasoner_jax.data.slide_chunks import evenly_spaced_patches, slide_patches  # noqa: F401 (re-exported)
 from pathreasoner_jax.records import SampleRecord, SlideRecord, trajectory_spans
 from pathreasoner_jax.tokenizer import IMAGE_TOKEN
 
 
 def prompt_text(question: str) -> str:
     return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-
-
-def evenly_spaced_patches(coords_n2: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
-    """Indices of at most `cap` patches among `keep`, evenly spaced in (y, x) coordinate order."""
-    idx = keep[np.lexsort((coords_n2[keep, 0], coords_n2[keep, 1]))]
-    if len(idx) > cap:
-        idx = idx[np.linspace(0, len(idx) - 1, cap).round().astype(np.int64)]
-    return idx
 
 
 @dataclass
@@ -84,7 +77,7 @@ class ExampleEncoder:
             cluster = rng.choice(len(prior), p=prior)
             kept = keep[slide.cluster_ids != cluster]
             keep = kept if len(kept) else keep
-        return evenly_spaced_patches(slide.coords, keep, self.sample_num)
+        return slide_patches(slide, keep, self.sample_num)
 
     def prompt_ids(self, question: str, n_patches: int) -> list[int]:
         ids = self._tokens(prompt_text(question))["input_ids"]

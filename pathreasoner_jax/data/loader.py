@@ -49,6 +49,39 @@ class SFTLoader:
 
     def batch(self, k: int) -> dict:
         """This host's rows of global batch k, as numpy arrays."""
+        batch, truncated = self.build(k)
+        self._count(k, truncated)
+        return batch
+
+    def iterate(self, start: int, stop: int, num_workers: int = 0, buffer: int = 2):
+        """(k, this host's rows of batch k mod len) for k in [start, stop), in order. With
+        `num_workers` > 0 (`data.num_workers`) grain worker processes build the batches
+        (each reopens the shards), so tokenising and feature reads overlap the train step;
+        the batches are the same as in-process (batch k is a pure function of seed and k)."""
+        n = len(self)
+        if num_workers <= 0:
+            for k in range(start, stop):
+                yield k, self.batch(k % n)
+            return
+        from absl import flags
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we have no absl main
+            flags.FLAGS.mark_as_parsed()
+        ds = grain.MapDataset.range(start, stop).map(_BuildBatch(self, n))
+        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0)).mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=buffer))
+        for k, (got, batch, truncated) in zip(range(start, stop), it):
+            if int(got) != k:
+                raise RuntimeError(f"grain returned batch {int(got)} where {k} was due")
+            self._count(k, int(truncated))
+            yield k, batch
+
+    def _count(self, k: int, truncated: int) -> None:
+        if truncated:
+            self.truncated += truncated
+            log.warning("batch %d: %d rows longer than the largest length bucket were truncated", k, truncated)
+
+    def build(self, k: int) -> tuple[dict, int]:
+        """(this host's rows of global batch k, rows truncated to the largest bucket)."""
         examples, slides = [], []
         for i in self.host_rows(k):
             sample = self.ds[i]
@@ -56,8 +89,15 @@ class SFTLoader:
             rng = np.random.default_rng([self.seed, i])
             examples.append(self.encoder.encode(sample, slide, rng))
             slides.append(slide)
-        batch, truncated = collate(examples, slides, self.length_buckets, self.encoder.sample_num, self.pad_id)
-        if truncated:
-            self.truncated += truncated
-            log.warning("batch %d: %d rows longer than the largest length bucket were truncated", k, truncated)
-        return batch
+        return collate(examples, slides, self.length_buckets, self.encoder.sample_num, self.pad_id)
+
+
+class _BuildBatch:
+    """grain map: global step k → (k, batch k mod n, truncated); picklable for the workers."""
+
+    def __init__(self, loader: SFTLoader, n: int):
+        self.loader, self.n = loader, n
+
+    def __call__(self, k):
+        batch, truncated = self.loader.build(int(k) % self.n)
+        return np.int64(k), batch, np.int64(truncated)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pathreasoner_jax.core.errors import UserError
-from pathreasoner_jax.data.encode import ExampleEncoder, bucket, evenly_spaced_patches
+from pathreasoner_jax.data.encode import ExampleEncoder, bucket, slide_patches
 
 REF_MULTIPLE = 16  # reference length rounded up to a multiple of this
 
@@ -80,7 +80,7 @@ class PromptBuilder:
                "row_key": np.asarray(positions, np.int64)}
         for r, (s, sid) in enumerate(zip(rows, slide_ids)):
             slide = self.slides[sid]
-            idx = evenly_spaced_patches(slide.coords, np.arange(slide.num_patches), p)
+            idx = slide_patches(slide, np.arange(slide.num_patches), p)
             prompt = self.enc.prompt_ids(s.question, len(idx))
             if len(prompt) > tp:  # a question not seen at start-up: cutting would drop image slots
                 raise UserError(f"question of sample {s.sample_id!r} makes a {len(prompt)}-token prompt, longer than "

@@ -3,7 +3,8 @@
 `SampleSource(prep_dir, split)` is a grain `RandomAccessDataSource` (len + getitem,
 picklable for grain worker processes): `grain.MapDataset.source(SampleSource(...))`.
 `SlideStore(prep_dir)[slide_id]` returns a `SlideRecord` by random access through the
-manifest's slide index. `load_entities(prep_dir)` reads the KG lexicon written by
+manifest's slide index; a large slide's features stay on disk in strided chunks until a
+batch indexes the rows it keeps (`data/slide_chunks.py`). `load_entities(prep_dir)` reads the KG lexicon written by
 `prepare`, so rewards and metrics never import `data_prep`.
 """
 from __future__ import annotations
@@ -31,12 +32,19 @@ def _reader(path: str):
 
 
 def read_shard_record(path: str, row: int, kind: str = "sample"):
+    """One record; a chunked slide's features are read in full here (use SlideStore to
+    read only the rows a batch keeps)."""
     r = _reader(path)
     try:
         data = r.read([row])[0]
+        if kind != "slide":
+            return decode_sample(data)
+        rec = decode_slide(data, r.read, row, where=path)
+        if getattr(rec.features, "lazy", False):
+            rec.features = np.asarray(rec.features)
+        return rec
     finally:
         r.close()
-    return decode_slide(data) if kind == "slide" else decode_sample(data)
 
 
 def iter_samples_from_shards(prep_dir: str, names: list[str]):
@@ -109,7 +117,8 @@ class SlideStore:
         shard, row = self._index[slide_id]
         if shard not in self._readers:
             self._readers[shard] = _reader(self._shards[shard])
-        return decode_slide(self._readers[shard].read([row])[0])
+        reader = self._readers[shard]
+        return decode_slide(reader.read([row])[0], reader.read, row, where=self._shards[shard])
 
     def close(self) -> None:
         for r in self._readers.values():

@@ -27,7 +27,7 @@ from flax import nnx
 
 from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.core.progress import track
-from pathreasoner_jax.data.encode import Example, ExampleEncoder, collate, evenly_spaced_patches
+from pathreasoner_jax.data.encode import Example, ExampleEncoder, collate, slide_patches
 from pathreasoner_jax.models.vlm import token_logprobs
 from pathreasoner_jax.records import trajectory_spans
 from pathreasoner_jax.core.io import atomic_path
@@ -89,7 +89,7 @@ def slide_deltas(model, encoder, sample, slide, lexicon, num_clusters, length_bu
         keep = all_idx if c < 0 else all_idx[slide.cluster_ids != c]
         if len(keep) == 0:
             keep = all_idx
-        idx = evenly_spaced_patches(slide.coords, keep, encoder.sample_num)
+        idx = slide_patches(slide, keep, encoder.sample_num)
         prompt = encoder.prompt_ids(sample.question, len(idx))
         variants.append(Example(np.asarray(prompt + tgt, np.int32), np.asarray([0.0] * len(prompt) + w, np.float32),
                                 idx, len(prompt)))

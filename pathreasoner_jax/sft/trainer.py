@@ -70,10 +70,11 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
     base_key = jax.random.key(cfg.run.seed)
     jitted, num_tokens = None, float(meta.get("num_tokens", 0.0))
     bar = Progress(stage, total, start, enabled=cfg.run.progress, unit="step")
+    batches = loader.iterate(start, total, cfg.data.num_workers)
     try:
-        for k in range(start, total):
-            t0 = time.perf_counter()
-            batch = shard_rows(loader.batch(k % len(loader)), rt.mesh)
+        t0 = time.perf_counter()
+        for k, host_batch in batches:
+            batch = shard_rows(host_batch, rt.mesh)
             first = jitted is None
             if first:
                 bar.compiling("the train step")
@@ -104,7 +105,9 @@ def train_sft(rt: Runtime, force: bool = False, stop_after: int | None = None) -
                          "num_tokens": num_tokens, **guard.meta()})
             if done:
                 break
+            t0 = time.perf_counter()  # the next step's time includes waiting for its batch
     finally:
+        batches.close()
         bar.close()
         ck.close()
         logger.close()

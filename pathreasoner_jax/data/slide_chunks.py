@@ -1,0 +1,144 @@
+"""Large slides stored as strided feature chunks, so a loader reads ~`sample_num` rows.
+
+A slide with N > `data.slide_chunk_rows` patches is written with its patches in (y, x)
+order and its (N, D) features split into K = ⌈N / chunk_rows⌉ chunk records that follow
+the slide's header record in the same shard: chunk c holds rows c, c+K, c+2K, … — every
+K-th patch, so each chunk covers the whole slide. The header keeps coords, cluster ids
+and metadata of all N patches (≈12 B/patch) and K.
+
+Why strided and not contiguous: the training subsample is spread evenly over the slide,
+and an evenly spread subsample touches every contiguous chunk. `select_patches` takes
+whole chunks instead — m of them, evenly interleaved (c = ⌊jK/m⌋) — and then spaces the
+kept rows evenly down to the cap. `sample_num` 4096 of a 45k-patch slide in 2048-row chunks
+reads 2 of 22 chunks: 4 MB of its 46 MB in bf16. With K = 1 (every slide ≤ chunk_rows, the
+demo) the selection is `evenly_spaced_patches` and the record is the single-record format.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pathreasoner_jax.records import FEATURE_DTYPES, SCHEMA_VERSION, SlideRecord, pack, unpack
+
+
+def evenly_spaced_patches(coords_n2: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
+    """Indices of at most `cap` patches among `keep`, evenly spaced in (y, x) coordinate order."""
+    idx = keep[np.lexsort((coords_n2[keep, 0], coords_n2[keep, 1]))]
+    if len(idx) > cap:
+        idx = idx[np.linspace(0, len(idx) - 1, cap).round().astype(np.int64)]
+    return idx
+
+
+def select_patches(coords_n2: np.ndarray, keep: np.ndarray, cap: int, chunks: int = 1) -> np.ndarray:
+    """At most `cap` of the rows `keep`, spread over the slide, drawn from as few of the K
+    strided chunks as hold `cap` kept rows (rows of a chunked slide are in (y, x) order).
+
+    keep: (n,) int row indices; → (≤ cap,) int64, ascending = (y, x) order.
+    """
+    if chunks <= 1:
+        return evenly_spaced_patches(coords_n2, keep, cap)
+    keep = np.sort(np.asarray(keep, np.int64))
+    if len(keep) <= cap:
+        return keep
+    chunk_of = keep % chunks
+    m = max(1, -(-cap * chunks // len(keep)))
+    while True:
+        picked = np.unique(np.arange(m) * chunks // m)
+        sel = keep[np.isin(chunk_of, picked)]
+        if len(sel) >= cap or m >= chunks:  # a dropped pseudo-bag cluster can thin some chunks
+            break
+        m += 1
+    if len(sel) > cap:
+        sel = sel[np.linspace(0, len(sel) - 1, cap).round().astype(np.int64)]
+    return sel
+
+
+def slide_patches(slide: SlideRecord, keep: np.ndarray, cap: int) -> np.ndarray:
+    return select_patches(slide.coords, keep, cap, slide.chunks)
+
+
+class ChunkedFeatures:
+    """The (N, D) features of a chunked slide; indexing with row indices reads only the
+    chunks those rows live in (`chunks_read` counts them, for the benchmark and tests).
+
+    read_records(rows) → the records at those shard rows; chunk c is at `first_row + c`.
+    """
+    lazy = True
+    ndim = 2
+
+    def __init__(self, read_records: Callable[[Sequence[int]], list[bytes]], first_row: int, chunks: int,
+                 num_patches: int, dim: int, dtype: str, where: str = ""):
+        self._read, self.first_row, self.chunks = read_records, int(first_row), int(chunks)
+        self.shape = (int(num_patches), int(dim))
+        self.dtype = FEATURE_DTYPES[dtype]
+        self.where = where
+        self.chunks_read = 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _load(self, cs: np.ndarray) -> dict[int, np.ndarray]:
+        out = {}
+        for c, data in zip(cs, self._read([self.first_row + int(c) for c in cs])):
+            d = unpack(data)
+            if d.get("kind") != "slide_chunk" or d.get("chunk") != int(c):
+                raise ValueError(f"{self.where}: record {self.first_row + int(c)} is not chunk {int(c)} of its slide")
+            out[int(c)] = d["features"]
+        self.chunks_read += len(cs)
+        return out
+
+    def __getitem__(self, idx):
+        rows = np.asarray(idx)
+        if rows.dtype.kind not in "iu":
+            return np.asarray(self)[idx]
+        rows = rows.astype(np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"{self.where}: row index out of range for {self.shape[0]} patches")
+        chunk_of = rows % self.chunks
+        data = self._load(np.unique(chunk_of))
+        out = np.empty((len(rows), self.shape[1]), self.dtype)
+        for c, feats in data.items():
+            m = chunk_of == c
+            out[m] = feats[rows[m] // self.chunks]
+        return out.reshape(np.shape(idx) + (self.shape[1],))
+
+    def __array__(self, dtype=None, copy=None):
+        full = np.empty(self.shape, self.dtype)
+        for c, feats in self._load(np.arange(self.chunks)).items():
+            full[c::self.chunks] = feats
+        return full if dtype is None else full.astype(dtype)
+
+
+def encode_slide_records(rec: SlideRecord, feature_dtype: str = "", chunk_rows: int = 0) -> list[bytes]:
+    """The shard records of one slide: [header] when N ≤ chunk_rows (or chunk_rows 0), else
+    [header, chunk 0, …, chunk K−1] with the patches put in (y, x) order first."""
+    feats = np.asarray(rec.features)
+    if feature_dtype:
+        feats = feats.astype(FEATURE_DTYPES[feature_dtype])
+    n = len(feats)
+    if chunk_rows <= 0 or n <= chunk_rows:
+        return [_header(rec, feats, 1)]
+    order = np.lexsort((rec.coords[:, 0], rec.coords[:, 1]))
+    k = -(-n // chunk_rows)
+    feats = feats[order]
+    header = _header(SlideRecord(**{**_fields(rec), "coords": rec.coords[order],
+                                    "cluster_ids": rec.cluster_ids[order], "features": feats}), None, k)
+    return [header] + [pack({"kind": "slide_chunk", "chunk": c, "features": np.ascontiguousarray(feats[c::k])})
+                       for c in range(k)]
+
+
+def _fields(rec):
+    import dataclasses
+    names = [f.name for f in dataclasses.fields(SlideRecord)]
+    return names if rec is None else {k: getattr(rec, k) for k in names}
+
+
+def _header(rec: SlideRecord, feats, chunks: int) -> bytes:
+    d = _fields(rec)
+    if chunks > 1:
+        d.update(features=None, chunks=chunks, feature_shape=list(rec.features.shape),
+                 feature_dtype=next(k for k, v in FEATURE_DTYPES.items() if v == rec.features.dtype))
+    else:
+        d.update(features=feats, chunks=1)
+    return pack({"v": SCHEMA_VERSION, "kind": "slide", **d})
