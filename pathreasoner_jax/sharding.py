@@ -5,6 +5,11 @@ constrained with `constrain(x, ("batch", "length", "act_embed"))`. `LOGICAL_RULE
 each logical name to mesh axes; a name absent from the rules is replicated. When a
 dimension is not divisible by the mesh axes its rule names, that dimension is replicated
 instead (e.g. 2 KV heads on tensor=4), so every preset compiles on every mesh.
+
+The `context` axis (size 1 unless `mesh.context` says otherwise) splits sequences: the
+patch sequence of LongNet (`patches`, models/longnet_context.py) and the LLM's token
+sequence (`length`); attention gathers the keys and values it needs (`kv_length` is
+replicated: models/qwen2.py says why an all-gather and not a ring).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "context", "tensor")
 
 # (logical name, mesh axes). FSDP shards the model dimension of weights; tensor
 # parallelism shards heads, MLP width and vocabulary; the batch spans data × fsdp.
@@ -35,19 +40,23 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("slide_mlp", None),
     ("lora_rank", None),
     ("norm", None),
-    ("length", None),
+    ("length", "context"),
+    ("patches", "context"),
+    ("kv_length", None),
+    ("act_kv_heads", "tensor"),
     ("act_embed", None),
 )
 
 _state: dict[str, Any] = {"mesh": None, "rules": LOGICAL_RULES}
 
 
-def resolve_mesh_sizes(n: int, data: int, fsdp: int, tensor: int) -> tuple[int, int, int]:
-    """(data, fsdp, tensor) with a -1 replaced by what the `n` devices leave (ValueError if none fits)."""
+def resolve_mesh_sizes(n: int, data: int, fsdp: int, tensor: int, context: int = 1) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) with a -1 replaced by what the `n` devices leave besides the
+    `context` axis (ValueError if none fits)."""
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
         raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
-    known = math.prod(s for s in sizes if s != -1)
+    known = math.prod(s for s in sizes if s != -1) * context
     if -1 in sizes:
         if n % known:
             raise ValueError(f"mesh: {n} devices are not divisible by {known}")
@@ -56,20 +65,28 @@ def resolve_mesh_sizes(n: int, data: int, fsdp: int, tensor: int) -> tuple[int, 
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
-              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-    """Mesh with axes (data, fsdp, tensor); one size may be -1 ("the remaining devices")."""
+              devices: Optional[Sequence[jax.Device]] = None, context: int = 1) -> Mesh:
+    """Mesh with axes (data, fsdp, context, tensor); one of data/fsdp/tensor may be -1
+    ("the remaining devices")."""
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices)
-    sizes = resolve_mesh_sizes(n, data, fsdp, tensor)
+    d, f, t = resolve_mesh_sizes(n, data, fsdp, tensor, context)
+    sizes = (d, f, context, t)
     if math.prod(sizes) > n or n % math.prod(sizes):
-        raise ValueError(f"mesh: data*fsdp*tensor = {math.prod(sizes)} does not fit the {n} devices present")
+        raise ValueError(f"mesh: data*fsdp*context*tensor = {math.prod(sizes)} does not fit the {n} devices present")
     # fully specified and smaller than the machine (a debugging run): the first devices
     arr = np.asarray(devices[:math.prod(sizes)]).reshape(sizes)
-    return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)
 
 
 def mesh_from_config(mesh_cfg) -> Mesh:
-    return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
+    return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, context=getattr(mesh_cfg, "context", 1))
+
+
+def context_size(mesh: Optional[Mesh] = None) -> int:
+    """Devices along `context` in `mesh` (default: the active mesh); 1 without one."""
+    mesh = mesh or _state["mesh"]
+    return 1 if mesh is None else int(mesh.shape.get("context", 1))
 
 
 @contextlib.contextmanager

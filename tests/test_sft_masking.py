@@ -4,7 +4,8 @@ import itertools
 import numpy as np
 import pytest
 
-from pathreasoner_jax.data.encode import ExampleEncoder, collate, evenly_spaced_patches
+from pathreasoner_jax.data.encode import ExampleEncoder, collate
+from pathreasoner_jax.data.slide_chunks import evenly_spaced_patches
 from pathreasoner_jax.records import SampleRecord, SlideRecord, format_trajectory
 from sft_fixtures import make_tokenizer
 

@@ -1,7 +1,6 @@
 """Strided feature chunks of large slides (data/slide_chunks.py): the patch selection by
 hand, a shard round trip that reads only the chunks a selection needs, and the loader's
 batch from a chunked store against the same slide stored whole."""
-import os
 
 import numpy as np
 import pytest

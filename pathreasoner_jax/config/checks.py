@@ -133,6 +133,7 @@ RULES: dict = {
     "mesh.tensor": (_mesh_axis(), relation(
         ["mesh.data", "mesh.fsdp"], lambda t, d, f: not (t == -1 and -1 in (d, f)), "may not be -1 with {0}, {1}",
         why="one axis at most takes the remaining devices")),
+    "mesh.context": count,
     "mesh.num_processes": at_least(0, why="0: single host, or PATHREASONER_NUM_PROCESSES"),
     "mesh.process_id": (at_least(-1, why="-1: PATHREASONER_PROCESS_ID"), relation(
         ["mesh.num_processes"], lambda p, n: p < 0 or n <= 0 or p < n, "must be below {0}",

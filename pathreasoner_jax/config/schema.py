@@ -121,6 +121,9 @@ class MeshConfig:
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+    # devices splitting each sequence (LongNet's patches and the LLM's tokens) for whole
+    # slides of 16k–64k patches; 1: sequences stay whole on a device
+    context: int = 1
     coordinator_address: str = ""  # env PATHREASONER_COORDINATOR
     num_processes: int = 0  # env PATHREASONER_NUM_PROCESSES; 0 : single host
     process_id: int = -1  # env PATHREASONER_PROCESS_ID

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from pathreasoner_jax.data.slide_chunks import evenly_spaced_patches, slide_patches  # noqa: F401 (re-exported)
+from pathreasoner_jax.data.slide_chunks import raw, slide_patches
 from pathreasoner_jax.records import SampleRecord, SlideRecord, trajectory_spans
 from pathreasoner_jax.tokenizer import IMAGE_TOKEN
 
@@ -124,7 +124,9 @@ def collate(examples: list[Example], slides: list[SlideRecord], length_buckets: 
     ids = np.full((b, t), pad_id, np.int32)
     valid = np.zeros((b, t), bool)
     weight = np.zeros((b, t), np.float32)
-    feats = np.zeros((b, p, f), np.float32)
+    # features stay in their stored dtype (bf16 halves the bytes a host moves per batch);
+    # the model casts them to its compute dtype, which is exact from bf16 / fp16 to fp32
+    feats = np.zeros((b, p, f), np.result_type(*(s.features.dtype for s in slides)))
     pvalid = np.zeros((b, p), bool)
     truncated = 0
     for i, (e, s) in enumerate(zip(examples, slides)):
@@ -132,7 +134,12 @@ def collate(examples: list[Example], slides: list[SlideRecord], length_buckets: 
         truncated += n < len(e.ids)
         ids[i, :n], valid[i, :n], weight[i, :n] = e.ids[:n], True, e.weight[:n]
         k = len(e.patch_idx)
-        feats[i, :k], pvalid[i, :k] = s.features[e.patch_idx], True
+        rows = np.asarray(s.features[e.patch_idx])
+        if rows.dtype == feats.dtype:
+            raw(feats)[i, :k] = raw(rows)
+        else:
+            feats[i, :k] = rows
+        pvalid[i, :k] = True
     targets = np.concatenate([ids[:, 1:], np.full((b, 1), pad_id, np.int32)], 1)
     loss_weight = np.concatenate([weight[:, 1:], np.zeros((b, 1), np.float32)], 1)
     batch = {"ids": ids, "text_valid": valid, "targets": targets, "loss_weight": loss_weight,

@@ -21,7 +21,7 @@ from flax import nnx
 
 from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.core.io import write_json
-from pathreasoner_jax.data.encode import evenly_spaced_patches
+from pathreasoner_jax.data.slide_chunks import evenly_spaced_patches
 from pathreasoner_jax.eval.entities import EntityLexicon
 from pathreasoner_jax.eval.evidence import cluster_drops
 from pathreasoner_jax.eval.report import answer_status, clean_question, entity_slug, write_report

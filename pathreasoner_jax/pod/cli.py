@@ -16,27 +16,28 @@ from pathreasoner_jax.core.io import write_json
 from pathreasoner_jax.pod.topology import GiB, Slice, parse_slice, slice_devices
 from pathreasoner_jax.sharding import MESH_AXES, resolve_mesh_sizes
 
-def topology_mesh(devices: list, data: int, fsdp: int, tensor: int):
+def topology_mesh(devices: list, data: int, fsdp: int, tensor: int, context: int = 1):
     """A Mesh over the slice's devices; axes laid on the physical torus when they can be
-    (neighbouring chips share the inner `tensor` axis), else in device order."""
+    (neighbouring chips share the inner `tensor` axis, then `context`), else in device order."""
     import jax
     from jax.experimental import mesh_utils
     from jax.sharding import Mesh
-    sizes = _resolve(len(devices), data, fsdp, tensor)
+    d, f, t = _resolve(len(devices), data, fsdp, tensor, context)
+    sizes = (d, f, context, t)
     try:
         arr = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
     except (NotImplementedError, ValueError, AssertionError):
         arr = np.asarray(devices).reshape(sizes)
-    return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)
 
 
-def _resolve(n: int, data: int, fsdp: int, tensor: int) -> tuple[int, int, int]:
+def _resolve(n: int, data: int, fsdp: int, tensor: int, context: int = 1) -> tuple[int, int, int]:
     try:
-        sizes = resolve_mesh_sizes(n, data, fsdp, tensor)
+        sizes = resolve_mesh_sizes(n, data, fsdp, tensor, context)
     except ValueError as e:
         raise UserError(f"{e} (the slice's devices)") from None
-    if math.prod(sizes) != n:  # unlike a live run, a compile target uses the whole slice
-        raise UserError(f"mesh: data*fsdp*tensor = {math.prod(sizes)} but the slice has {n} devices")
+    if math.prod(sizes) * context != n:  # unlike a live run, a compile target uses the whole slice
+        raise UserError(f"mesh: data*fsdp*context*tensor = {math.prod(sizes) * context} but the slice has {n} devices")
     return sizes
 
 
@@ -50,7 +51,7 @@ def compile_config(cfg, sl: Slice, stages, devices=None, log=print, layers_fit=N
     from pathreasoner_jax.models.factory import resolve_model_config
     from pathreasoner_jax.pod.analysis import extrapolate_part, stage_summary
     devices = devices if devices is not None else slice_devices(sl)
-    mesh = topology_mesh(devices, cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    mesh = topology_mesh(devices, cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, cfg.mesh.context)
     model_cfg = resolve_model_config(cfg.model)
     est = memory.estimate(cfg, dict(mesh.shape), sl.device_hbm_bytes, model_cfg=model_cfg)
     out = {"layers_fit": list(layers_fit) if layers_fit else None, "topology": sl.name,
