@@ -1,4 +1,4 @@
-"""`pathreasoner bench {sft,rollout,rewards,prep,prep-scale} --config CFG [--baseline torch] [--out DIR] [k=v ...]`
+"""`pathreasoner bench {sft,rollout,rewards,prep,prep-scale,longslide} --config CFG [--baseline torch] [--out DIR] [k=v ...]`
 
 Warm-up, then the median of `bench.repeats` timed calls of each side, all in one process
 (sides interleaved). Reports step time, tokens/s, MFU (FLOPs: `pathreasoner_jax.flops`;
@@ -58,9 +58,21 @@ def _bench_prep_scale(cfg, baseline: str) -> dict:
     return bench_prep_scale(cfg)
 
 
+def _bench_longslide(cfg, baseline: str) -> dict:
+    import jax
+    from benchmarks.longslide import bench_longslide
+    need = max(cfg.bench.longslide_contexts)
+    if jax.device_count() < need:
+        raise SystemExit(f"bench longslide: context {need} needs {need} devices, {jax.device_count()} present (on CPU: "
+                         f"XLA_FLAGS=--xla_force_host_platform_device_count={need} pathreasoner bench longslide …)")
+    if baseline:
+        print("bench longslide: no baseline exists (no PyTorch WSI model splits a slide over devices); ours only")
+    return bench_longslide(cfg)
+
+
 # name → fn(cfg, baseline) → result dict; the names are the CLI's `bench` choices
 BENCHES = {"sft": _bench_sft, "rollout": _bench_rollout, "rewards": _bench_rewards, "prep": _bench_prep,
-           "prep-scale": _bench_prep_scale}
+           "prep-scale": _bench_prep_scale, "longslide": _bench_longslide}
 
 
 def _summary(result: dict) -> str:

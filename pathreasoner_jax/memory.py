@@ -73,7 +73,13 @@ def projector_param_count(slide_width: int, hidden: int) -> int:
 def _mesh(mesh_shape) -> tuple[int, int, int]:
     if isinstance(mesh_shape, dict):
         return mesh_shape.get("data", 1), mesh_shape.get("fsdp", 1), mesh_shape.get("tensor", 1)
-    return tuple(mesh_shape)
+    return tuple(mesh_shape)[:3]
+
+
+def _context(mesh_shape) -> int:
+    if isinstance(mesh_shape, dict):
+        return int(mesh_shape.get("context", 1))
+    return int(mesh_shape[3]) if len(mesh_shape) > 3 else 1
 
 
 def _sharded_params(model_cfg, fsdp: int, tensor: int) -> dict:
@@ -99,26 +105,36 @@ def _trainable(counts: dict, model_cfg, sft_cfg) -> float:
 
 
 def llm_activation_bytes(llm, rows: float, seq: int, c: int, tensor: int, remat: bool,
-                         logit_positions: int | None = None, chunk: int = 0) -> float:
-    """Decoder layers and the loss of one micro-batch (module docstring)."""
+                         logit_positions: int | None = None, chunk: int = 0, context: int = 1) -> float:
+    """Decoder layers and the loss of one micro-batch (module docstring). With `context`
+    > 1 every per-token term holds seq/context tokens, the scores are (seq/context) × seq,
+    and each layer adds its all-gathered K and V (the whole sequence)."""
     h, hd, i = llm.hidden_size, head_dim(llm), llm.intermediate_size
-    work = c * rows * seq * (4 * h + (2 * llm.num_heads * hd + 2 * llm.num_kv_heads * hd + 3 * i) / tensor)
-    work += (4 + 2 * c) * rows * llm.num_heads * seq * seq / tensor
+    local = seq / context
+    work = c * rows * local * (4 * h + (2 * llm.num_heads * hd + 2 * llm.num_kv_heads * hd + 3 * i) / tensor)
+    work += (4 + 2 * c) * rows * llm.num_heads * local * seq / tensor
+    if context > 1:
+        work += 2 * c * rows * seq * llm.num_kv_heads * hd / tensor
     pos = seq if logit_positions is None else logit_positions
-    loss = 2 * 4 * rows * (min(pos, chunk) if chunk > 0 else pos) * llm.vocab_size / tensor
+    loss = 2 * 4 * rows * (min(pos, chunk) if chunk > 0 else pos) * llm.vocab_size / tensor / context
     if remat:
-        return llm.num_layers * c * rows * seq * (h + 2.5 * i / tensor) + max(work, loss)
+        return llm.num_layers * c * rows * local * (h + 2.5 * i / tensor) + max(work, loss)
     return llm.num_layers * work + loss
 
 
-def longnet_activation_bytes(slide, rows: float, patches: int) -> float:
+def longnet_activation_bytes(slide, rows: float, patches: int, context: int = 1) -> float:
+    """fp32 LongNet activations; with `context` > 1 each device holds patches/context
+    positions of every tensor (plus a spanning branch's gathered kept K/V, ≤ 2·N/r each)."""
     w, f = slide.width, slide.ffn_dim
     per_layer = 4 * rows * patches * (6 * w + 3 * f)
+    gathered = 0.0
     for seg_len, r in zip(slide.segment_lengths, slide.dilations):
         seg = math.ceil(min(seg_len, patches) / r) * r
         n_pad = math.ceil(patches / seg) * seg
         per_layer += 4 * rows * slide.num_heads * n_pad * seg / (r * r)
-    return slide.num_layers * per_layer
+        if context > 1 and seg > patches / context:
+            gathered += 2 * 4 * rows * patches / r * w
+    return slide.num_layers * (per_layer / context + gathered)
 
 
 def gathered_weight_bytes(llm, c: int, fsdp: int, tensor: int) -> float:
@@ -133,10 +149,11 @@ def gathered_weight_bytes(llm, c: int, fsdp: int, tensor: int) -> float:
 PROGRAM_BYTES = float(256 << 20)  # XLA's generated code (module docstring)
 
 
-def kv_cache_bytes(llm, prompts: float, group: int, prompt_len: int, new_tokens: int, c: int, tensor: int) -> float:
+def kv_cache_bytes(llm, prompts: float, group: int, prompt_len: int, new_tokens: int, c: int, tensor: int,
+                   context: int = 1) -> float:
     nkv = llm.num_kv_heads / tensor if llm.num_kv_heads % tensor == 0 else llm.num_kv_heads
     slots = prompts * prompt_len + prompts * group * new_tokens
-    return llm.num_layers * 2 * slots * nkv * head_dim(llm) * c
+    return llm.num_layers * 2 * slots * nkv * head_dim(llm) * c / context
 
 
 def estimate(cfg, mesh_shape, device_bytes: int | None = None, *, seq_len: int | None = None,
@@ -146,6 +163,7 @@ def estimate(cfg, mesh_shape, device_bytes: int | None = None, *, seq_len: int |
     (data, fsdp, tensor) or a dict of them; `model_cfg` overrides `cfg.model` (resolved)."""
     mc = model_cfg or cfg.model
     data, fsdp, tensor = _mesh(mesh_shape)
+    cp = _context(mesh_shape)
     p_bytes, c = _BYTES[mc.param_dtype], _BYTES[mc.compute_dtype]
     patches = patches if patches is not None else cfg.data.sample_num
     seq = seq_len if seq_len is not None else patches + cfg.data.max_text_len
@@ -154,20 +172,20 @@ def estimate(cfg, mesh_shape, device_bytes: int | None = None, *, seq_len: int |
     params = p_bytes * sum(counts.values())
     trainable = _trainable(counts, mc, cfg.sft)
     rows = batch / (data * fsdp) / max(cfg.sft.grad_accum, 1)
-    act = (llm_activation_bytes(mc.llm, rows, seq, c, tensor, mc.remat, chunk=mc.logits_chunk)
-           + longnet_activation_bytes(mc.slide, rows, patches))
+    act = (llm_activation_bytes(mc.llm, rows, seq, c, tensor, mc.remat, chunk=mc.logits_chunk, context=cp)
+           + longnet_activation_bytes(mc.slide, rows, patches, cp))
     g = cfg.grpo
     prompts = g.prompts_per_step / (data * fsdp)
-    kv = kv_cache_bytes(mc.llm, prompts, g.group_size, seq, g.max_new_tokens, c, tensor)
+    kv = kv_cache_bytes(mc.llm, prompts, g.group_size, seq, g.max_new_tokens, c, tensor, cp)
     # a GRPO update micro-batch: [prompt | completion] rows, logits only at the N completion positions
     g_rows = prompts * g.group_size / max(g.micro_batches, 1)
     g_act = (llm_activation_bytes(mc.llm, g_rows, seq + g.max_new_tokens, c, tensor, mc.remat,
-                                  logit_positions=g.max_new_tokens, chunk=mc.logits_chunk)
-             + longnet_activation_bytes(mc.slide, g_rows, patches))
+                                  logit_positions=g.max_new_tokens, chunk=mc.logits_chunk, context=cp)
+             + longnet_activation_bytes(mc.slide, g_rows, patches, cp))
     out = {"params": params, "grads": p_bytes * trainable, "optimizer": 2 * p_bytes * trainable,
            "activations": act, "grpo_activations": g_act, "kv_cache": kv,
            "gathered": gathered_weight_bytes(mc.llm, c, fsdp, tensor), "program": PROGRAM_BYTES,
-           "mesh": {"data": data, "fsdp": fsdp, "tensor": tensor}, "seq_len": seq, "batch": batch,
+           "mesh": {"data": data, "fsdp": fsdp, "tensor": tensor, "context": cp}, "seq_len": seq, "batch": batch,
            "patches": patches}
     state = params + out["grads"] + out["optimizer"]
     fixed = out["gathered"] + out["program"]

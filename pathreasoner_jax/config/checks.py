@@ -107,10 +107,13 @@ RULES: dict = {
     "data.patch_size": at_least(16, why="smaller patches hold no tissue structure for the encoder"),
     "data.num_clusters": count,
     "data.augment_per_sample": at_least(0, why="variants in addition to each sample"),
-    "data.sample_num": count,
+    "data.sample_num": at_least(0, why="0: whole slides (runtime.whole_slide_sample_num)"),
     "data.max_text_len": count,
     "data.length_buckets": (non_empty(), each(count),
-                            Pred(_ascending, "must be in ascending order, each bucket longer than the last")),
+                            Pred(_ascending, "must be in ascending order, each bucket longer than the last"),
+                            relation(["mesh.context"], lambda bs, c: all(b % c == 0 for b in bs),
+                                     "must be multiples of {0}",
+                                     why="the token sequence splits evenly over the context axis or not at all")),
     "data.shuffle_seed": non_negative,
     "data.num_workers": non_negative,
     "data.splits": Pred(_fractions, "must be 1 to 3 non-negative fractions (train, val, test) summing to 1"),
@@ -233,6 +236,9 @@ RULES: dict = {
     "bench.long_slide_patches": count,
     "bench.loader_workers": (non_empty(), each(non_negative)),
     "bench.loader_steps": count,
+    "bench.longslide_patches": (non_empty(), each(count)),
+    "bench.longslide_contexts": (non_empty(), each(count)),
+    "bench.longslide_run_gib": positive,
 }
 
 

@@ -249,6 +249,10 @@ class BenchConfig:
     long_slide_patches: int = 45000  # the one whole-slide-sized slide read whole vs chunked
     loader_workers: list[int] = field(default_factory=lambda: [0, 2])  # grain worker counts to time
     loader_steps: int = 8  # timed loader batches per worker count
+    # longslide: patch counts × context sizes; a case runs (not only compiles) below this many GiB
+    longslide_patches: list[int] = field(default_factory=lambda: [4096, 16384, 65536])
+    longslide_contexts: list[int] = field(default_factory=lambda: [1, 8])
+    longslide_run_gib: float = 8.0
 
 
 @dataclass

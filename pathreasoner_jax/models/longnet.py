@@ -10,6 +10,9 @@ attention is ordinary non-causal softmax attention with padded keys masked. Bran
 outputs merge per position and head with weights softmax_b(stop_gradient(lse_b)); a
 branch that did not cover a position has weight 0. Pre-norm layers with sub-LN, GELU
 FFN, final LayerNorm, no positional encoding, dropout and drop-path.
+
+On a mesh with `context` > 1 the patch sequence is split over that axis (padded to whole
+shards) and the attention runs per device (`longnet_context.py`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pathreasoner_jax.models.layers import Ctx, LayerNorm, Linear, dropout
+from pathreasoner_jax.sharding import constrain, context_size, current_mesh, logical_to_spec
 
 _NEG = -1e30
 
@@ -109,7 +113,14 @@ class DilatedSelfAttention(nnx.Module):
         q = self.q_proj(x_bnd, ctx).reshape(b, n, self.heads, dh) * dh ** -0.5
         k = self.k_proj(x_bnd, ctx).reshape(b, n, self.heads, dh)
         v = self.v_proj(x_bnd, ctx).reshape(b, n, self.heads, dh)
-        out = dilated_attention(q, k, v, valid_bn, self.segments, self.dilations).astype(x_bnd.dtype)
+        mesh = current_mesh()
+        if context_size(mesh) > 1:
+            from pathreasoner_jax.models.longnet_context import context_dilated_attention
+            batch_axes = logical_to_spec(("batch",), (b,), mesh)[0]
+            out = context_dilated_attention(q, k, v, valid_bn, self.segments, self.dilations, mesh, batch_axes)
+        else:
+            out = dilated_attention(q, k, v, valid_bn, self.segments, self.dilations)
+        out = out.astype(x_bnd.dtype)
         return self.out_proj(self.inner_ln(out.reshape(b, n, w)), ctx)
 
 
@@ -146,10 +157,20 @@ class LongNet(nnx.Module):
         self.final_ln = LayerNorm(cfg.width, cfg.layer_norm_eps, param_dtype)
 
     def __call__(self, features_bnf, valid_bn, ctx: Ctx):
+        n = features_bnf.shape[1]
+        c = context_size()
+        if c > 1:  # whole shards of a length every branch can use (longnet_context.local_length)
+            from pathreasoner_jax.models.longnet_context import local_length
+            attn = self.layers[0].attn
+            pad = c * local_length(n, c, attn.segments, attn.dilations) - n
+            features_bnf = jnp.pad(features_bnf, [(0, 0), (0, pad), (0, 0)])
+            valid_bn = jnp.pad(valid_bn, [(0, 0), (0, pad)])
         x = features_bnf.astype(ctx.dtype)
         if self.in_proj is not None:
             x = self.in_proj(x, ctx)
         for layer in self.layers:
+            if c > 1:
+                x = constrain(x, ("batch", "patches", None))
             x = layer(x, valid_bn, ctx)
         x = self.final_ln(x)
-        return jnp.where(valid_bn[..., None], x, 0)
+        return jnp.where(valid_bn[..., None], x, 0)[:, :n]

@@ -16,7 +16,7 @@ from flax import nnx
 
 from pathreasoner_jax.models.attention import attention
 from pathreasoner_jax.models.layers import Ctx, Linear, RMSNorm
-from pathreasoner_jax.sharding import constrain
+from pathreasoner_jax.sharding import constrain, context_size
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,18 @@ class Attention(nnx.Module):
         if cache is not None:
             k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
             v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
+            if context_size() > 1:  # the cache stays split along the sequence
+                k_all, v_all = (constrain(a, ("batch", "length", "act_kv_heads", None)) for a in (k_all, v_all))
             new_cache = {"k": k_all, "v": v_all}
             k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
+        if context_size() > 1 and t > 1:
+            # context parallelism: every device keeps its queries and gathers all keys and
+            # values. An all-gather rather than a ring: with GQA K and V are small (7B: 4 KV
+            # heads × 128 = 1024 values a token for K and V together against 3584 for the
+            # hidden state), the bytes moved equal a ring's, and XLA overlaps one gather
+            # with the layer's matmuls without a hand-written C-step loop. (Causal balance
+            # needs nothing: every device multiplies its query block by all keys.)
+            k, v = (constrain(a, ("batch", "kv_length", "act_kv_heads", None)) for a in (k, v))
         if prefix is None:
             out = attention(q, k, v, mask_b1ts, impl=d.attention_impl)
         else:

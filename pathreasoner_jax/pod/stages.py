@@ -17,6 +17,8 @@ count does not divide), as `train.stage.shard_rows` does in training.
 """
 from __future__ import annotations
 
+from pathreasoner_jax.core.errors import UserError
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +65,9 @@ def _rows(mesh: Mesh, shape, dtype) -> jax.ShapeDtypeStruct:
 def stage_shapes(cfg) -> dict:
     d, g = cfg.data, cfg.grpo
     p = d.sample_num
+    if p <= 0:
+        raise UserError("data.sample_num=0 (whole slides) has no size without a corpus: compile with "
+                        "data.sample_num=<patches of the largest slide>")
     return {"sft": {"batch": cfg.sft.batch_size, "seq_len": bucket(p + d.max_text_len, d.length_buckets),
                     "patches": p, "grad_accum": cfg.sft.grad_accum},
             "grpo": {"prompts": g.prompts_per_step, "group_size": g.group_size, "patches": p,
