@@ -38,11 +38,11 @@ def test_dilated_attention_and_gradients_split_8_ways_equal_one_device():
         return lambda q, k, v: jnp.sum(jnp.where(keep, fn(q, k, v), 0.0) ** 2)
     one = loss(lambda q, k, v: dilated_attention(q, k, v, valid, SEGS, DILS))
     split = loss(lambda q, k, v: context_dilated_attention(q, k, v, valid, SEGS, DILS, mesh, None))
-    np.testing.assert_allclose(jax.jit(split)(q, k, v), one(q, k, v), rtol=1e-5)
-    out_one = dilated_attention(q, k, v, valid, SEGS, DILS)
+    np.testing.assert_allclose(jax.jit(split)(q, k, v), jax.jit(one)(q, k, v), rtol=1e-5)
+    out_one = jax.jit(lambda *a: dilated_attention(*a, valid, SEGS, DILS))(q, k, v)
     out_split = jax.jit(lambda *a: context_dilated_attention(*a, valid, SEGS, DILS, mesh, None))(q, k, v)
     np.testing.assert_allclose(np.where(keep, out_split, 0), np.where(keep, out_one, 0), atol=1e-5)
-    for g1, g8 in zip(jax.grad(one, (0, 1, 2))(q, k, v), jax.jit(jax.grad(split, (0, 1, 2)))(q, k, v)):
+    for g1, g8 in zip(jax.jit(jax.grad(one, (0, 1, 2)))(q, k, v), jax.jit(jax.grad(split, (0, 1, 2)))(q, k, v)):
         scale = float(jnp.abs(g1).max())
         np.testing.assert_allclose(g8, g1, atol=1e-5 * scale)
 
@@ -73,13 +73,32 @@ def _long_short_batch():
     return b
 
 
-@pytest.mark.parametrize("context,fsdp", [(2, 1), (4, 2), (8, 1)])
-def test_vlm_loss_and_gradients_with_context_axis_equal_one_device(context, fsdp):
+def test_vlm_loss_and_gradients_with_context_axis_equal_one_device():
     batch = _long_short_batch()
     ref_loss, ref_grads = _vlm_loss_and_grads(make_mesh(1, 1, 1, devices=jax.devices()[:1]), batch)
-    loss, grads = _vlm_loss_and_grads(make_mesh(1, fsdp, 1, devices=jax.devices()[:context * fsdp],
-                                                context=context), batch)
-    assert abs(loss - ref_loss) < 1e-5 * max(1.0, abs(ref_loss))
-    assert grads.keys() == ref_grads.keys()
-    for name, g in ref_grads.items():
-        np.testing.assert_allclose(grads[name], g, atol=1e-5 * max(1e-3, float(np.abs(g).max())), err_msg=name)
+    for context, fsdp in ((2, 1), (4, 2), (8, 1)):
+        loss, grads = _vlm_loss_and_grads(make_mesh(1, fsdp, 1, devices=jax.devices()[:context * fsdp],
+                                                    context=context), batch)
+        assert abs(loss - ref_loss) < 1e-5 * max(1.0, abs(ref_loss)), context
+        assert grads.keys() == ref_grads.keys()
+        for name, g in ref_grads.items():
+            np.testing.assert_allclose(grads[name], g, atol=1e-5 * max(1e-3, float(np.abs(g).max())),
+                                       err_msg=f"context {context}: {name}")
+
+
+def test_sampler_draws_the_same_tokens_with_the_context_axis():
+    from pathreasoner_jax.generate import SamplingParams, sample
+    from test_grpo_learning import EOS, _model, _prompts
+    p = _prompts()
+    params = SamplingParams(max_new_tokens=10, temperature=0.9, top_k=20, group_size=4)
+    out = []
+    for mesh in (make_mesh(1, 1, 1, devices=jax.devices()[:1]), make_mesh(1, 1, 1, devices=jax.devices()[:2],
+                                                                         context=2)):
+        with use_mesh(mesh):
+            model = _model(mesh)
+            out.append(sample(model, p["ids"], p["text_valid"], p["features"], p["patch_valid"], jax.random.key(3),
+                              params=params, eos_id=EOS, pad_id=0))
+    one, two = out
+    np.testing.assert_array_equal(np.asarray(one["tokens"]), np.asarray(two["tokens"]))
+    np.testing.assert_array_equal(np.asarray(one["mask"]), np.asarray(two["mask"]))
+    np.testing.assert_allclose(np.asarray(one["logprobs"]), np.asarray(two["logprobs"]), atol=1e-5)

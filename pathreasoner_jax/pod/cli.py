@@ -182,14 +182,17 @@ def plan(cfg, sl: Slice, stage: str, meshes=None, progress: bool = True, devices
     from pathreasoner_jax.pod.stages import with_mesh
     devices = devices if devices is not None else slice_devices(sl)
     rows_per_step = cfg.sft.batch_size if stage == "sft" else cfg.grpo.prompts_per_step * cfg.grpo.group_size
-    meshes = meshes or candidate_meshes(len(devices), rows_per_step)
+    ctx = cfg.mesh.context  # kept as configured: the candidates factor the devices it leaves
+    if len(devices) % ctx:
+        raise UserError(f"plan: mesh.context={ctx} does not divide the slice's {len(devices)} devices")
+    meshes = meshes or candidate_meshes(len(devices) // ctx, rows_per_step)
     if not meshes:
         raise UserError(f"plan: no (data, fsdp, tensor) of {len(devices)} devices divides the {rows_per_step} rows "
                         f"of a {stage} step; change sft.batch_size / grpo.prompts_per_step")
     rows = []
     for d, f, t in track(meshes, "plan", enabled=progress, unit="mesh"):
         c = with_mesh(cfg, d, f, t)
-        row = {"mesh": {"data": d, "fsdp": f, "tensor": t}}
+        row = {"mesh": {"data": d, "fsdp": f, "tensor": t, "context": ctx}}
         try:
             s = compile_config(c, sl, (stage,), devices, log=lambda *_: None, layers_fit=layers_fit)["stages"][stage]
             row.update(fits=s["fits"], peak_gib=s["peak_gib"], step_time_s=s["step_time_s"], mfu=s["mfu"],
@@ -219,7 +222,8 @@ def preset_yaml(rep_row: dict, sl: Slice, stage: str, config_path: str) -> str:
             f"# the fastest fitting mesh by XLA's compiled figures for {sl.describe()}:\n"
             f"# {rep_row['peak_gib']:.2f} GiB per device, estimated {rep_row['step_time_s']:.3f} s per {stage} step, "
             f"MFU {(rep_row['mfu'] or 0):.1%} (roofline; pod/analysis.py).\n"
-            f"mesh:\n  data: {m['data']}\n  fsdp: {m['fsdp']}\n  tensor: {m['tensor']}\n")
+            f"mesh:\n  data: {m['data']}\n  fsdp: {m['fsdp']}\n  tensor: {m['tensor']}\n"
+            + (f"  context: {m['context']}\n" if m.get("context", 1) > 1 else ""))
 
 
 def run_plan(args) -> int:
