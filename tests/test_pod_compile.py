@@ -124,7 +124,7 @@ def tiny(tmp_path_factory):
 @needs_libtpu
 def test_three_stages_compile_and_fit(tiny):
     _, _, _, rep, _ = tiny
-    assert rep["device_kind"] == "TPU v5 lite" and rep["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert rep["device_kind"] == "TPU v5 lite" and rep["mesh"] == {"data": 1, "fsdp": 4, "context": 1, "tensor": 1}
     names = {s: [p["name"] for p in rep["stages"][s]["parts"]] for s in rep["stages"]}
     assert names == {"sft": ["sft_step"], "grpo": ["grpo_logprobs", "grpo_update"], "rollout": ["rollout"]}
     for s in rep["stages"].values():
