@@ -111,7 +111,8 @@ def format_report(rep: dict) -> str:
     fit = rep.get("layers_fit")
     lines = [(f"(figures extrapolated from compiles with {fit[0]} and {fit[1]} decoder layers)\n" if fit else "")
              + f"{rep['topology']} ({rep['libtpu_topology']}, {rep['devices']} × {rep['device_kind']}, "
-             f"{rep['device_hbm_gib']:.0f} GiB each), mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}",
+             f"{rep['device_hbm_gib']:.0f} GiB each), mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}"
+             + (f" context={m['context']}" if m.get("context", 1) > 1 else ""),
              f"{'stage/executable':<22}{'GiB/dev':>9}{'fits':>6}{'TFLOP xla':>11}{'analytic':>10}{'ICI GB':>9}"
              f"{'est s':>9}{'bound':>14}{'MFU':>7}{'compile s':>10}"]
     for stage, s in rep["stages"].items():
