@@ -22,6 +22,7 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import datetime  # noqa: E402
+import sys  # noqa: E402
 
 from benchmarks import common as C  # noqa: E402
 from pathreasoner_jax.config import load_config  # noqa: E402
@@ -97,14 +98,26 @@ def _summary(result: dict) -> str:
 def run_bench(args) -> int:
     cfg = load_config(args.config, args.overrides)
     baseline = "" if args.baseline == "none" else args.baseline
+    before = C.machine_load()
+    if not before["quiet"]:
+        msg = (f"bench {args.which}: the machine is busy (load {before['loadavg_1_5_15'][0]} on "
+               f"{before['cpu_count']} cores; other processes {before['other_cpu_percent']}% CPU: "
+               f"{', '.join(b['name'] for b in before['busiest_others']) or '—'})")
+        if getattr(args, "require_quiet", False):
+            print(msg + "; --require-quiet: not run", file=sys.stderr)
+            return 2
+        print(msg + "; timings are recorded as loaded", file=sys.stderr)
     result = BENCHES[args.which](cfg, baseline)
+    after = C.machine_load()
     info = C.device_info()
     name = os.path.splitext(os.path.basename(args.config))[0]
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    now = datetime.datetime.now(datetime.timezone.utc)
     record = {"bench": args.which, "config_name": name, "config_path": args.config, "overrides": list(args.overrides),
-              "baseline": baseline or None, "created_utc": now, "device": info, "versions": C.versions(),
+              "baseline": baseline or None, "created_utc": now.isoformat(), "device": info, "versions": C.versions(),
+              "machine_load": {"before": before, "after": after, "quiet": before["quiet"] and after["quiet"]},
               **result, "config": cfg.to_dict()}
-    path = os.path.join(args.out, f"{C.device_slug(info)}-{args.which}-{name}.json")
+    # a new file per run: a bench never overwrites the results a README table was made from
+    path = os.path.join(args.out, f"{C.device_slug(info)}-{args.which}-{name}-{now.strftime('%Y%m%dT%H%M%SZ')}.json")
     write_json(path, record)
     print(f"bench {args.which} ({name}, {info['device_kind']}):")
     text = _summary(result)

@@ -37,14 +37,55 @@ def time_sides(sides: dict[str, Callable[[int], object]], warmup: int, repeats: 
             t0 = time.perf_counter()
             fn(step)
             out[name]["times_s"].append(time.perf_counter() - t0)
+            out[name].setdefault("load1", []).append(round(os.getloadavg()[0], 2))
         step += 1
     if profile_dir and profile_side in sides:
         with jax.profiler.trace(profile_dir):
             sides[profile_side](step)
     for rec in out.values():
         rec["median_s"] = statistics.median(rec["times_s"]) if rec["times_s"] else None
+        rec.update(spread(rec["times_s"]))
         rec["first_call_s"] = rec["warmup_s"][0]
     return out
+
+
+def machine_load(sample_s: float = 0.5) -> dict:
+    """What else runs on this machine: load averages, cores, and the busiest other
+    processes over a `sample_s` window (this process and its children excluded). `quiet`:
+    the others used under half a core and the 1-minute load was within the cores."""
+    import psutil
+    me = psutil.Process()
+    mine = {me.pid} | {c.pid for c in me.children(recursive=True)}
+    procs = [p for p in psutil.process_iter(["name"]) if p.pid not in mine]
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(sample_s)
+    busy = []
+    for p in procs:
+        try:
+            busy.append((p.cpu_percent(None), p.pid, p.info.get("name") or ""))
+        except psutil.Error:
+            continue
+    busy.sort(reverse=True)
+    others = sum(b[0] for b in busy)
+    load = os.getloadavg()
+    cores = os.cpu_count() or 1
+    return {"loadavg_1_5_15": [round(x, 2) for x in load], "cpu_count": cores,
+            "other_cpu_percent": round(others, 1),
+            "busiest_others": [{"pid": pid, "name": name, "cpu_percent": round(pc, 1)}
+                               for pc, pid, name in busy[:5] if pc >= 5.0],
+            "quiet": others < 50.0 and load[0] <= cores}
+
+
+def spread(times: list[float]) -> dict:
+    """min, quartiles and max of a side's timed rounds (the median alone hides noise)."""
+    if not times:
+        return {}
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"min_s": min(times), "p25_s": q[0], "p75_s": q[2], "max_s": max(times)}
 
 
 def jax_peak_bytes() -> int | None:

@@ -121,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
             _config_args(p)
             p.add_argument("--baseline", default="none", choices=["none", "torch"],
                            help="also run the PyTorch reference implementation on the same weights")
-            p.add_argument("--out", default="benchmarks/results", help="folder for the results JSON")
+            p.add_argument("--out", default="benchmarks/results",
+                           help="folder for the results JSON (a new <device>-<bench>-<config>-<UTC time>.json per run)")
+            p.add_argument("--require-quiet", action="store_true",
+                           help="do not run when other processes load the machine (default: run and record it)")
         elif name in ("compile", "plan"):
             from pathreasoner_jax.pod.topology import HELP as TOPOLOGY_HELP
             _config_args(p)

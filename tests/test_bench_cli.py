@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import re
 import sys
 import types
 
@@ -57,8 +58,11 @@ def test_bench_rewards_writes_result(tmp_path, monkeypatch):
     assert seen == {"batch_sizes": (8,), "repeats": 2, "seed": 3}
     files = os.listdir(tmp_path)
     slug = bench_common.device_slug(bench_common.device_info())  # "cpu-x8" under the tests' 8 CPU devices
-    assert files == [f"{slug}-rewards-demo.json"]  # and no temporary file left behind
+    # a new timestamped file per run, and no temporary file left behind
+    assert len(files) == 1 and re.fullmatch(rf"{slug}-rewards-demo-\d{{8}}T\d{{6}}Z\.json", files[0]), files
     rec = json.loads((tmp_path / files[0]).read_text())
+    assert set(rec["machine_load"]) == {"before", "after", "quiet"}
+    assert rec["machine_load"]["before"]["cpu_count"] == os.cpu_count()
     assert rec["bench"] == "rewards" and rec["results"][0]["speedup"] == 10.0
     assert rec["device"]["platform"] == "cpu" and rec["versions"]["jax"]
     assert rec["config"]["bench"]["rewards_batch_sizes"] == [8]
@@ -102,3 +106,25 @@ def test_profile_runs_one_more_call_of_ours_under_the_profiler(tmp_path):
     bench_common.time_sides(sides, warmup=1, repeats=1, profile_dir=str(tmp_path / "trace"))
     assert calls[-1] == ("ours", 2) and len(calls) == 5
     assert any(f.endswith(".xplane.pb") for _, _, fs in os.walk(tmp_path / "trace") for f in fs)
+
+
+def test_machine_load_names_a_busy_process_that_is_not_ours():
+    """A CPU-bound process outside this process tree (double-forked, so not our child)
+    shows up among the busiest others; spread() gives the quartiles by hand."""
+    import subprocess
+    import time
+    spin = "sum(range(10 ** 9))"  # ~20 s of one core, then it ends by itself
+    busy = subprocess.run([sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen([sys.executable, "
+                           f"'-c', {spin!r}], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+                           "print(p.pid)"],
+                          capture_output=True, text=True, check=True)
+    pid = int(busy.stdout.split()[-1])
+    try:
+        time.sleep(0.3)
+        load = bench_common.machine_load(sample_s=1.0)
+        assert pid in [b["pid"] for b in load["busiest_others"]], load
+        assert load["other_cpu_percent"] >= 5.0
+    finally:
+        os.kill(pid, 9)
+    s = bench_common.spread([1.0, 2.0, 3.0, 4.0])
+    assert s == {"min_s": 1.0, "p25_s": 1.25, "p75_s": 3.75, "max_s": 4.0}
