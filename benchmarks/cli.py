@@ -1,4 +1,4 @@
-"""`pathreasoner bench {sft,rollout,rewards,prep,prep-scale,longslide} --config CFG [--baseline torch] [--out DIR] [k=v ...]`
+"""`pathreasoner bench {sft,rollout,grpo,rewards,prep,prep-scale,longslide} --config CFG [--baseline torch] [--out DIR] [k=v ...]`
 
 Warm-up, then the median of `bench.repeats` timed calls of each side, all in one process
 (sides interleaved). Reports step time, tokens/s, MFU (FLOPs: `pathreasoner_jax.flops`;
@@ -71,9 +71,15 @@ def _bench_longslide(cfg, baseline: str) -> dict:
     return bench_longslide(cfg)
 
 
+def _bench_grpo(cfg, baseline: str) -> dict:
+    from benchmarks.grpo_bench import bench_grpo
+    return bench_grpo(cfg, baseline)
+
+
 # name → fn(cfg, baseline) → result dict; the names are the CLI's `bench` choices
 BENCHES = {"sft": _bench_sft, "rollout": _bench_rollout, "rewards": _bench_rewards, "prep": _bench_prep,
-           "prep-scale": _bench_prep_scale, "longslide": _bench_longslide}
+           "prep-scale": _bench_prep_scale, "longslide": _bench_longslide,
+           "grpo": _bench_grpo}
 
 
 def _summary(result: dict) -> str:
@@ -120,7 +126,10 @@ def run_bench(args) -> int:
     path = os.path.join(args.out, f"{C.device_slug(info)}-{args.which}-{name}-{now.strftime('%Y%m%dT%H%M%SZ')}.json")
     write_json(path, record)
     print(f"bench {args.which} ({name}, {info['device_kind']}):")
-    text = _summary(result)
+    if args.which == "grpo":
+        from benchmarks.grpo_bench import phase_table
+        print(phase_table(result["results"]))
+    text = _summary(result) if args.which != "grpo" else ""
     if text:
         print(text)
     print(f"wrote {path}")

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                            help="dtype of the written weights (default float32)")
         elif name == "bench":
-            p.add_argument("which", choices=["sft", "rollout", "rewards", "prep", "prep-scale", "longslide"])
+            p.add_argument("which", choices=["sft", "rollout", "grpo", "rewards", "prep", "prep-scale", "longslide"])
             _config_args(p)
             p.add_argument("--baseline", default="none", choices=["none", "torch"],
                            help="also run the PyTorch reference implementation on the same weights")
