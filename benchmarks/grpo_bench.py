@@ -13,12 +13,12 @@ layout. Each phase is timed to completion (block_until_ready / CPU torch is sync
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import common as C
 
@@ -147,7 +147,7 @@ def bench_grpo(cfg, baseline: str = "") -> dict:
     for r in range(cfg.bench.warmup + cfg.bench.repeats):
         for name, fn in sides.items():
             res = fn(r)
-            res["load1"] = round(__import__("os").getloadavg()[0], 2)
+            res["load1"] = round(os.getloadavg()[0], 2)
             if r >= cfg.bench.warmup:
                 rounds[name].append(res)
     work = sh["batch"] * g * n
