@@ -86,13 +86,20 @@ def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int
             parts.append(take_groups(*pool, np.arange(n_prompts - have), g))
         prompts, rollout, rewards = concat([p[0] for p in parts]), concat([p[1] for p in parts]), \
             concat([p[2] for p in parts])
-    lp_fn, ref_fn, upd_fn = state.jitted or step.jit_all(state.trainable, state.frozen, state.opt_state)
-    state.jitted = (lp_fn, ref_fn, upd_fn)
+    if state.jitted is None:
+        state.jitted = (*step.jit_all(state.trainable, state.frozen, state.opt_state),
+                        step.jit_on_policy_update(state.trainable, state.frozen, state.opt_state))
+    lp_fn, ref_fn, upd_fn, on_policy_fn = state.jitted
     seq = assemble(prompts, rollout, g, ids.image)
     # one dropout key for old log-probs and every inner epoch: the first ratio is exactly 1
     rng = None if cfg.disable_dropout else jax.random.fold_in(key, 10_000)
-    old_logp = lp_fn(state.trainable, state.frozen, seq, rng)
-    ref_logp = ref_fn(state.ref_trainable, state.frozen, seq) if cfg.kl_mode != "none" else old_logp
+    # μ = 1: the update's own forward gives the old log-probs (no separate pass), unless the
+    # KL is folded into the rewards, which needs them before the update
+    on_policy = cfg.inner_epochs == 1 and cfg.kl_mode != "reward"
+    old_logp = None if on_policy else lp_fn(state.trainable, state.frozen, seq, rng)
+    ref_logp = ref_fn(state.ref_trainable, state.frozen, seq) if cfg.kl_mode != "none" else None
+    if ref_logp is None:
+        ref_logp = jnp.zeros(seq["mask"].shape, jnp.float32) if old_logp is None else old_logp
     total = rewards["total"]
     if cfg.overlong_buffer > 0:
         total = total + overlong_penalty(rollout["lengths"], cfg.max_new_tokens, cfg.overlong_buffer,
@@ -105,8 +112,12 @@ def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int
         seq["mask"] = mask_truncated(seq["mask"], rollout["truncated"])
     epochs = []
     for _ in range(cfg.inner_epochs):
-        state.trainable, state.opt_state, m = upd_fn(state.trainable, state.frozen, state.opt_state, seq,
-                                                     old_logp, ref_logp, adv, rng)
+        if on_policy:
+            state.trainable, state.opt_state, m = on_policy_fn(state.trainable, state.frozen, state.opt_state, seq,
+                                                               ref_logp, adv, rng)
+        else:
+            state.trainable, state.opt_state, m = upd_fn(state.trainable, state.frozen, state.opt_state, seq,
+                                                         old_logp, ref_logp, adv, rng)
         epochs.append(m)
     # the first epoch's ratio is exactly 1 (same params, same dropout key as old_logp)
     metrics = {f"first_epoch/{k}": v for k, v in epochs[0].items()} | dict(epochs[-1])

@@ -96,13 +96,18 @@ class GRPOStep:
 
     def update(self, trainable, frozen, opt_state, seq, old_logp, ref_logp, adv, rng):
         """One optimizer step on all rows, accumulated over `micro_batches`: the loss is
-        Σ sums / Σ denominators (policy_loss's pairs), so any split gives the same step."""
+        Σ sums / Σ denominators (policy_loss's pairs), so any split gives the same step.
+        `old_logp` None: on-policy (μ = 1) — the old log-probs are this forward's own,
+        stop-gradient (as TRL does for one iteration), so no separate pass computes them
+        and the ratio is exactly 1, dropout included."""
         def micro_loss(t, mb, key):
             rows, old, ref, a = mb
             model = nnx.merge(self.graphdef, t, frozen)
             logits = completion_logits(model, rows, model.ctx(rng=key), self.n_new, self.temperature)
             targets = rows["ids"][:, -self.n_new:]
             logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+            if old is None:
+                old = jax.lax.stop_gradient(logp)
             s, d, m = policy_loss(logp, old, a, rows["mask"], clip_eps_low=self.clip_eps_low,
                                   clip_eps_high=self.clip_eps_high, agg=self.loss_agg, max_len=self.n_new,
                                   ref_logp_bt=ref, kl_mode=self.kl_mode, kl_beta=self.kl_beta)
@@ -143,6 +148,19 @@ class GRPOStep:
                       in_shardings=(sh(trainable), sh(frozen), sh(opt_state), rows, rows, rows, rows, None),
                       out_shardings=(sh(trainable), sh(opt_state), rep), donate_argnums=(0, 2))
         return lp, ref, upd
+
+    def jit_on_policy_update(self, trainable, frozen, opt_state, rows: NamedSharding | None = None):
+        """Jitted `update` with old log-probs taken from its own forward (μ = 1):
+        (trainable, frozen, opt_state, seq, ref_logp, adv, rng) → as `update`."""
+        sh = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+        rows = rows or NamedSharding(self.mesh, P(("data", "fsdp")))
+
+        def fn(trainable, frozen, opt_state, seq, ref_logp, adv, rng):
+            with use_mesh(self.mesh):
+                return self.update(trainable, frozen, opt_state, seq, None, ref_logp, adv, rng)
+        return jax.jit(fn, in_shardings=(sh(trainable), sh(frozen), sh(opt_state), rows, rows, rows, None),
+                       out_shardings=(sh(trainable), sh(opt_state), NamedSharding(self.mesh, P())),
+                       donate_argnums=(0, 2))
 
 
 def _token_weighted(ms: dict) -> dict:
