@@ -31,7 +31,10 @@ def _reward_jax(tokens, mask, g):
     return group_advantages(r.astype(jnp.float32), g, "group")[0]
 
 
-def _ours(cfg, model, model_cfg, mesh, batch_np, g: int, n: int):
+def _ours(cfg, model, model_cfg, mesh, batch_np, g: int, n: int, recompute_old: bool = False):
+    """Our step as `grpo_iteration` runs it: with μ = 1 (and no KL folded into the rewards)
+    the update takes its old log-probs from its own forward; `recompute_old` runs the
+    separate old-log-prob pass anyway (the implementation before that change)."""
     from pathreasoner_jax.generate import SamplingParams, sample
     from pathreasoner_jax.grpo.step import assemble, make_grpo_step
     from pathreasoner_jax.train.params import trainable_filter
@@ -40,6 +43,8 @@ def _ours(cfg, model, model_cfg, mesh, batch_np, g: int, n: int):
     step, train, frozen, opt, ref = make_grpo_step(model, gc, trainable_filter(cfg.sft, model_cfg.lora.enabled),
                                                    mesh, model_cfg.lora.enabled)
     lp_fn, ref_fn, upd_fn = step.jit_all(train, frozen, opt)
+    on_policy = gc.inner_epochs == 1 and gc.kl_mode != "reward" and not recompute_old
+    on_policy_fn = step.jit_on_policy_update(train, frozen, opt) if on_policy else None
     params = SamplingParams(max_new_tokens=n, temperature=gc.temperature, top_p=gc.top_p, top_k=gc.top_k,
                             group_size=g, shared_prefix=True)
     prompts = {k: jnp.asarray(batch_np[k]) for k in ("ids", "text_valid", "features", "patch_valid")}
@@ -61,10 +66,16 @@ def _ours(cfg, model, model_cfg, mesh, batch_np, g: int, n: int):
                                       prompts["patch_valid"], jax.random.key(i), params=params, eos_id=-1, pad_id=0))
         adv = mark("reward", reward(roll["tokens"], roll["mask"], g))
         seq = assemble(prompts, roll, g, image_id)
-        old = mark("old_logprobs", lp_fn(state["train"], frozen, seq, None))
+        old = None if on_policy else lp_fn(state["train"], frozen, seq, None)
+        mark("old_logprobs", old)
         refp = mark("ref_logprobs", ref_fn(ref, frozen, seq))
         for _ in range(gc.inner_epochs):
-            state["train"], state["opt"], m = upd_fn(state["train"], frozen, state["opt"], seq, old, refp, adv, None)
+            if on_policy:
+                state["train"], state["opt"], m = on_policy_fn(state["train"], frozen, state["opt"], seq, refp, adv,
+                                                               None)
+            else:
+                state["train"], state["opt"], m = upd_fn(state["train"], frozen, state["opt"], seq, old, refp, adv,
+                                                         None)
         mark("update", m["loss"])
         out["tokens"] = int(jnp.sum(roll["mask"]))
         return out
@@ -142,7 +153,11 @@ def bench_grpo(cfg, baseline: str = "") -> dict:
     if torch_side is not None:  # the torch copies come from the weights before ours trains them
         tmodel, dev = torch_side
         sides["torch"] = _torch(cfg, tmodel, copy.deepcopy(tmodel).eval(), model_cfg, batch_np, g, n, dev)
-    sides = {"ours": _ours(cfg, model, model_cfg, mesh, batch_np, g, n), **sides}
+    from flax import nnx
+    graphdef, weights = nnx.split(model)  # own buffers: each side's update donates its weights
+    twin = nnx.merge(graphdef, jax.tree.map(jnp.copy, weights))
+    sides = {"ours": _ours(cfg, model, model_cfg, mesh, batch_np, g, n),
+             "ours_recompute_old": _ours(cfg, twin, model_cfg, mesh, batch_np, g, n, recompute_old=True), **sides}
     rounds = {name: [] for name in sides}
     for r in range(cfg.bench.warmup + cfg.bench.repeats):
         for name, fn in sides.items():
@@ -168,7 +183,9 @@ def bench_grpo(cfg, baseline: str = "") -> dict:
 
 def phase_table(results: dict) -> str:
     names = list(results)
-    lines = ["phase".ljust(14) + "".join(f"{n:>12}" for n in names)]
+    w = [max(12, len(n) + 2) for n in names]
+    lines = ["phase".ljust(14) + "".join(f"{n:>{k}}" for n, k in zip(names, w))]
     for ph in PHASES + ("step",):
-        lines.append(ph.ljust(14) + "".join(f"{results[n][ph]['median_s'] * 1e3:10.0f}ms" for n in names))
+        lines.append(ph.ljust(14) + "".join(f"{results[n][ph]['median_s'] * 1e3:>{k - 2}.0f}ms"
+                                            for n, k in zip(names, w)))
     return "\n".join(lines)
