@@ -120,7 +120,7 @@ def test_padded_patches_change_nothing_and_gradients_are_finite():
 
 def test_merge_weights_carry_no_gradient():
     """SPEC §3: branch weights softmax(lse) are computed without gradient."""
-    from pathreasoner_jax.models.longnet import merge_branches
+    from pathreasoner_jax.models.dilated import merge_branches
     rng = np.random.default_rng(5)
     outs = [jnp.asarray(rng.standard_normal((1, 3, 2, 4)), jnp.float32) for _ in range(2)]
     lses = [jnp.asarray(rng.standard_normal((1, 3, 2)), jnp.float32) for _ in range(2)]

@@ -17,8 +17,8 @@ from typing import Optional
 
 import numpy as np
 
-from pathreasoner_jax.data.slide_chunks import raw, slide_patches
-from pathreasoner_jax.records import SampleRecord, SlideRecord, trajectory_spans
+from pathreasoner_jax.data.slide_chunks import slide_patches
+from pathreasoner_jax.records import SampleRecord, SlideRecord, raw, trajectory_spans
 from pathreasoner_jax.tokenizer import IMAGE_TOKEN
 
 

@@ -12,14 +12,13 @@ whole chunks instead — m of them, evenly interleaved (c = ⌊jK/m⌋) — and 
 kept rows evenly down to the cap. `sample_num` 4096 of a 45k-patch slide in 2048-row chunks
 reads 2 of 22 chunks: 4 MB of its 46 MB in bf16. With K = 1 (every slide ≤ chunk_rows, the
 demo) the selection is `evenly_spaced_patches` and the record is the single-record format.
+Reading is `records.decode_slide` + `records.ChunkedFeatures` (the schema's side).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
 import numpy as np
 
-from pathreasoner_jax.records import FEATURE_DTYPES, SCHEMA_VERSION, SlideRecord, pack, unpack
+from pathreasoner_jax.records import FEATURE_DTYPES, SCHEMA_VERSION, SlideRecord, pack
 
 
 def evenly_spaced_patches(coords_n2: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
@@ -56,64 +55,6 @@ def select_patches(coords_n2: np.ndarray, keep: np.ndarray, cap: int, chunks: in
 
 def slide_patches(slide: SlideRecord, keep: np.ndarray, cap: int) -> np.ndarray:
     return select_patches(slide.coords, keep, cap, slide.chunks)
-
-
-def raw(a: np.ndarray) -> np.ndarray:
-    """`a` viewed as unsigned ints of its item size: numpy copies ml_dtypes' bfloat16 through
-    a casting loop ~8× slower than the same bytes as uint16."""
-    return a.view(f"u{a.dtype.itemsize}")
-
-
-class ChunkedFeatures:
-    """The (N, D) features of a chunked slide; indexing with row indices reads only the
-    chunks those rows live in (`chunks_read` counts them, for the benchmark and tests).
-
-    read_records(rows) → the records at those shard rows; chunk c is at `first_row + c`.
-    """
-    lazy = True
-    ndim = 2
-
-    def __init__(self, read_records: Callable[[Sequence[int]], list[bytes]], first_row: int, chunks: int,
-                 num_patches: int, dim: int, dtype: str, where: str = ""):
-        self._read, self.first_row, self.chunks = read_records, int(first_row), int(chunks)
-        self.shape = (int(num_patches), int(dim))
-        self.dtype = FEATURE_DTYPES[dtype]
-        self.where = where
-        self.chunks_read = 0
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def _load(self, cs: np.ndarray) -> dict[int, np.ndarray]:
-        out = {}
-        for c, data in zip(cs, self._read([self.first_row + int(c) for c in cs])):
-            d = unpack(data)
-            if d.get("kind") != "slide_chunk" or d.get("chunk") != int(c):
-                raise ValueError(f"{self.where}: record {self.first_row + int(c)} is not chunk {int(c)} of its slide")
-            out[int(c)] = d["features"]
-        self.chunks_read += len(cs)
-        return out
-
-    def __getitem__(self, idx):
-        rows = np.asarray(idx)
-        if rows.dtype.kind not in "iu":
-            return np.asarray(self)[idx]
-        rows = rows.astype(np.int64).reshape(-1)
-        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
-            raise IndexError(f"{self.where}: row index out of range for {self.shape[0]} patches")
-        chunk_of = rows % self.chunks
-        data = self._load(np.unique(chunk_of))
-        out = np.empty((len(rows), self.shape[1]), self.dtype)
-        for c, feats in data.items():
-            m = chunk_of == c
-            raw(out)[m] = raw(feats)[rows[m] // self.chunks]
-        return out.reshape(np.shape(idx) + (self.shape[1],))
-
-    def __array__(self, dtype=None, copy=None):
-        full = np.empty(self.shape, self.dtype)
-        for c, feats in self._load(np.arange(self.chunks)).items():
-            raw(full)[c::self.chunks] = raw(feats)
-        return full if dtype is None else full.astype(dtype)
 
 
 def encode_slide_records(rec: SlideRecord, feature_dtype: str = "", chunk_rows: int = 0) -> list[bytes]:

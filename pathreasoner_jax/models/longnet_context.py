@@ -11,9 +11,9 @@ effective segment w' = min(w, N'):
   (B·N'/r·(H/⌈H/…⌉)·Dh each, so K and V together 2·B·N'·H·Dh/r elements per branch per
   layer — the dilation is what keeps it small) and attends its own kept queries to the
   D·L/r keys of its segment. The backward pass reduce-scatters the same amount.
-Branch outputs merge per position with the log-sum-exp rule of `longnet.merge_branches`,
+Branch outputs merge per position with the log-sum-exp rule of `dilated.merge_branches`,
 which is local. Invalid (padded) keys are masked as on one device, so the result equals
-`longnet.dilated_attention` on the unpadded sequence up to float rounding.
+`dilated.dilated_attention` on the unpadded sequence up to float rounding.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from pathreasoner_jax.models.longnet import _attend, dilated_branch, merge_branches
+from pathreasoner_jax.models.dilated import _attend, dilated_branch, merge_branches
 
 
 def local_length(n: int, c: int, segments, dilations) -> int:
@@ -73,7 +73,7 @@ def _spanning_branch(q, k, v, valid, seg: int, r: int, length: int, axis: str):
 
 def context_dilated_attention(q_bnhd, k_bnhd, v_bnhd, valid_bn, segments, dilations, mesh, batch_spec,
                               axis: str = "context"):
-    """`longnet.dilated_attention` with the sequence split over `axis` of `mesh`.
+    """`dilated.dilated_attention` with the sequence split over `axis` of `mesh`.
 
     q/k/v (B, N, H, Dh), valid (B, N); batch_spec: the mesh axes of the batch dimension
     (None or a tuple, as `logical_to_spec` gives them). Returns (B, N, H, Dh) fp32.
