@@ -85,20 +85,3 @@ def test_vlm_loss_and_gradients_with_context_axis_equal_one_device():
             np.testing.assert_allclose(grads[name], g, atol=1e-5 * max(1e-3, float(np.abs(g).max())),
                                        err_msg=f"context {context}: {name}")
 
-
-def test_sampler_draws_the_same_tokens_with_the_context_axis():
-    from pathreasoner_jax.generate import SamplingParams, sample
-    from test_grpo_learning import EOS, _model, _prompts
-    p = _prompts()
-    params = SamplingParams(max_new_tokens=10, temperature=0.9, top_k=20, group_size=4)
-    out = []
-    for mesh in (make_mesh(1, 1, 1, devices=jax.devices()[:1]), make_mesh(1, 1, 1, devices=jax.devices()[:2],
-                                                                         context=2)):
-        with use_mesh(mesh):
-            model = _model(mesh)
-            out.append(sample(model, p["ids"], p["text_valid"], p["features"], p["patch_valid"], jax.random.key(3),
-                              params=params, eos_id=EOS, pad_id=0))
-    one, two = out
-    np.testing.assert_array_equal(np.asarray(one["tokens"]), np.asarray(two["tokens"]))
-    np.testing.assert_array_equal(np.asarray(one["mask"]), np.asarray(two["mask"]))
-    np.testing.assert_allclose(np.asarray(one["logprobs"]), np.asarray(two["logprobs"]), atol=1e-5)

@@ -77,3 +77,20 @@ def test_first_inner_epoch_ratio_is_one_with_dropout():
     lp = jax.jit(step.logprobs)
     l1, l2 = lp(t, f, seq, jax.random.key(5)), lp(t, f, seq, jax.random.key(6))
     assert float(jnp.abs(l1 - l2).max()) > 1e-4
+
+
+def test_sampler_draws_the_same_tokens_with_the_context_axis():
+    from pathreasoner_jax.sharding import use_mesh
+    p = _prompts()
+    params = SamplingParams(max_new_tokens=10, temperature=0.9, top_k=20, group_size=4)
+    out = []
+    for mesh in (make_mesh(1, 1, 1, devices=jax.devices()[:1]), make_mesh(1, 1, 1, devices=jax.devices()[:2],
+                                                                         context=2)):
+        with use_mesh(mesh):
+            model = _model(mesh)
+            out.append(sample(model, p["ids"], p["text_valid"], p["features"], p["patch_valid"], jax.random.key(3),
+                              params=params, eos_id=EOS, pad_id=0))
+    one, two = out
+    np.testing.assert_array_equal(np.asarray(one["tokens"]), np.asarray(two["tokens"]))
+    np.testing.assert_array_equal(np.asarray(one["mask"]), np.asarray(two["mask"]))
+    np.testing.assert_allclose(np.asarray(one["logprobs"]), np.asarray(two["logprobs"]), atol=1e-5)
