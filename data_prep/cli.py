@@ -27,17 +27,19 @@ def worker_from_env(num_workers, worker_index, unset_index: int) -> tuple[int, i
     """(N, I) from the flags, else from the job's environment: a SLURM array
     (SLURM_ARRAY_TASK_COUNT / _ID), SLURM tasks (SLURM_NTASKS / SLURM_PROCID), a TPU VM
     slice (TPU_WORKER_HOSTNAMES, comma-separated / TPU_WORKER_ID), else one worker."""
+    n, index = 1, unset_index
     if num_workers is not None:
-        return int(num_workers), unset_index if worker_index is None else int(worker_index)
-    env = os.environ
-    for count, index in (("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_ID"), ("SLURM_NTASKS", "SLURM_PROCID")):
-        if env.get(count) and env.get(index) and int(env[count]) > 1:
-            return int(env[count]), int(env[index]) if worker_index is None else int(worker_index)
-    if env.get("TPU_WORKER_HOSTNAMES") and env.get("TPU_WORKER_ID"):
-        hosts = [h for h in env["TPU_WORKER_HOSTNAMES"].split(",") if h]
-        if len(hosts) > 1:
-            return len(hosts), int(env["TPU_WORKER_ID"]) if worker_index is None else int(worker_index)
-    return 1, unset_index if worker_index is None else int(worker_index)
+        n = int(num_workers)
+    else:
+        env = os.environ
+        hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+        for count, idx in ((env.get("SLURM_ARRAY_TASK_COUNT"), env.get("SLURM_ARRAY_TASK_ID")),
+                           (env.get("SLURM_NTASKS"), env.get("SLURM_PROCID")),
+                           (str(len(hosts)), env.get("TPU_WORKER_ID"))):
+            if count and idx and int(count) > 1:
+                n, index = int(count), int(idx)
+                break
+    return n, index if worker_index is None else int(worker_index)
 
 
 def run_prepare(args) -> int:

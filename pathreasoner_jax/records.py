@@ -186,8 +186,9 @@ class SampleRecord:
 
 
 def encode_slide(rec: SlideRecord, feature_dtype: str = "") -> bytes:
-    """`feature_dtype` (a FEATURE_DTYPES name): store the features in it; "": as they are."""
-    d = dataclasses.asdict(rec)
+    """`feature_dtype` (a FEATURE_DTYPES name): store the features in it; "": as they are.
+    One record with the features inline (`data/slide_chunks.py` splits large slides)."""
+    d = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}  # asdict would deep-copy the features
     if feature_dtype:
         d["features"] = np.asarray(rec.features).astype(FEATURE_DTYPES[feature_dtype])
     return pack({"v": SCHEMA_VERSION, "kind": "slide", **d})

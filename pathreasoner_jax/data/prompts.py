@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pathreasoner_jax.core.errors import UserError
-from pathreasoner_jax.data.encode import ExampleEncoder, bucket, slide_patches
+from pathreasoner_jax.data.encode import ExampleEncoder, bucket
+from pathreasoner_jax.data.slide_chunks import slide_patches
 
 REF_MULTIPLE = 16  # reference length rounded up to a multiple of this
 

@@ -16,9 +16,11 @@ Reading is `records.decode_slide` + `records.ChunkedFeatures` (the schema's side
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from pathreasoner_jax.records import FEATURE_DTYPES, SCHEMA_VERSION, SlideRecord, pack
+from pathreasoner_jax.records import FEATURE_DTYPES, SCHEMA_VERSION, SlideRecord, encode_slide, pack
 
 
 def evenly_spaced_patches(coords_n2: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
@@ -58,34 +60,21 @@ def slide_patches(slide: SlideRecord, keep: np.ndarray, cap: int) -> np.ndarray:
 
 
 def encode_slide_records(rec: SlideRecord, feature_dtype: str = "", chunk_rows: int = 0) -> list[bytes]:
-    """The shard records of one slide: [header] when N ≤ chunk_rows (or chunk_rows 0), else
-    [header, chunk 0, …, chunk K−1] with the patches put in (y, x) order first."""
+    """The shard records of one slide: [`records.encode_slide`] when N ≤ chunk_rows (or
+    chunk_rows 0), else [header, chunk 0, …, chunk K−1] with the patches put in (y, x)
+    order first."""
+    n = rec.num_patches
+    if chunk_rows <= 0 or n <= chunk_rows:
+        return [encode_slide(rec, feature_dtype)]
     feats = np.asarray(rec.features)
     if feature_dtype:
         feats = feats.astype(FEATURE_DTYPES[feature_dtype])
-    n = len(feats)
-    if chunk_rows <= 0 or n <= chunk_rows:
-        return [_header(rec, feats, 1)]
     order = np.lexsort((rec.coords[:, 0], rec.coords[:, 1]))
     k = -(-n // chunk_rows)
     feats = feats[order]
-    header = _header(SlideRecord(**{**_fields(rec), "coords": rec.coords[order],
-                                    "cluster_ids": rec.cluster_ids[order], "features": feats}), None, k)
-    return [header] + [pack({"kind": "slide_chunk", "chunk": c, "features": np.ascontiguousarray(feats[c::k])})
-                       for c in range(k)]
-
-
-def _fields(rec):
-    import dataclasses
-    names = [f.name for f in dataclasses.fields(SlideRecord)]
-    return names if rec is None else {k: getattr(rec, k) for k in names}
-
-
-def _header(rec: SlideRecord, feats, chunks: int) -> bytes:
-    d = _fields(rec)
-    if chunks > 1:
-        d.update(features=None, chunks=chunks, feature_shape=list(rec.features.shape),
-                 feature_dtype=next(k for k, v in FEATURE_DTYPES.items() if v == rec.features.dtype))
-    else:
-        d.update(features=feats, chunks=1)
-    return pack({"v": SCHEMA_VERSION, "kind": "slide", **d})
+    header = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
+    header.update(coords=rec.coords[order], cluster_ids=rec.cluster_ids[order], features=None, chunks=k,
+                  feature_shape=list(feats.shape),
+                  feature_dtype=next(name for name, dt in FEATURE_DTYPES.items() if dt == feats.dtype))
+    return [pack({"v": SCHEMA_VERSION, "kind": "slide", **header})] + [
+        pack({"kind": "slide_chunk", "chunk": c, "features": np.ascontiguousarray(feats[c::k])}) for c in range(k)]
