@@ -1,7 +1,9 @@
 """The run directory, `runs/<run.name>/`: the one place that knows what lives where.
 
     prep/                 shards, manifest.json, entities.json, tokenizer/  (data.prep_dir overrides)
-    checkpoints/<stage>/  orbax steps + DONE once the stage finished; stages: sft, sft_pseudobag, grpo
+    checkpoints/<stage>/  orbax steps + DONE once the stage finished; stages: sft, sft_pseudobag, grpo,
+                          and clip (Patho-CLIP, its own model: not part of the VLM's chain)
+    clip_data/  clip_eval/  Patho-CLIP's image–text store and evaluation        (clip.data_dir overrides)
     metrics/<stage>.jsonl tb/<stage>/        training metrics (JSONL, TensorBoard)
     prior.npz             pseudo-bag prior cache                            (sft.prior_path overrides)
     judge_cache.jsonl     semantic-judge replies
@@ -24,6 +26,7 @@ SFT = "sft"
 SFT_PSEUDOBAG = "sft_pseudobag"
 GRPO = "grpo"
 STAGES = (SFT, SFT_PSEUDOBAG, GRPO)
+CLIP = "clip"
 DONE = "DONE"
 
 
@@ -63,7 +66,7 @@ class RunLayout:
         return SFT_PSEUDOBAG if self.cfg.sft.pseudo_bag else SFT
 
     def checkpoint(self, stage: str) -> str:
-        if stage not in STAGES:
+        if stage not in STAGES + (CLIP,):
             raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
         return self.path("checkpoints", stage)
 
@@ -121,6 +124,14 @@ class RunLayout:
 
     def tensorboard(self, stage: str) -> str:
         return self.path("tb", stage)
+
+    @property
+    def clip_data_dir(self) -> str:
+        return self.cfg.clip.data_dir or self.path("clip_data")
+
+    @property
+    def clip_eval_dir(self) -> str:
+        return self.path("clip_eval")
 
     @property
     def eval_dir(self) -> str:

@@ -11,6 +11,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
 
+# transformers imports torchvision whenever it is installed; PyPI's is a CUDA build whose
+# ops cannot load beside the CPU torch (benchmarks/torch_baseline/torchvision_cpu.py)
+from benchmarks.torch_baseline.torchvision_cpu import ensure_torchvision_importable  # noqa: E402
+
+ensure_torchvision_importable()
+
 
 def pytest_configure(config):
     """One JAX compilation cache per test run, shared by the xdist workers (they inherit the

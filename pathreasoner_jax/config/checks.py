@@ -31,6 +31,8 @@ KL_MODES = ("reward", "loss", "none")                        # grpo/losses.py KL
 ADV_SCALES = ("group", "batch", "none")                      # grpo/advantages.py ADV_SCALES
 SEMANTIC_REWARDS = ("rouge", "judge", "self")                # grpo/reward_fn.py make_reward_fn
 SPLITS = ("train", "val", "test")                            # records.py SPLITS, data_prep/splits.py
+CLIP_PRESETS = ("tiny", "vit_b_16", "vit_l_14")              # clip/model.py PRESETS
+CLIP_LOSSES = ("infonce", "siglip")                          # clip/loss.py LOSSES
 
 prob = in_range(0, 1)
 drop_rate = in_range(0, 1, hi_open=True, why="dropout scales the kept values by 1 / (1 - rate)")
@@ -211,6 +213,33 @@ RULES: dict = {
     "rewards.judge_retries": non_negative,
     "rewards.judge_concurrency": count,
     "rewards.max_near": count,
+    # ---------------------------------------------------------------- clip
+    "clip.preset": one_of(*CLIP_PRESETS),
+    "clip.image_size": (at_least(0, why="0: the preset's"), Pred(lambda v: v == 0 or v >= 14, "must be 0 or >= 14")),
+    "clip.context_length": (at_least(0, why="0: the preset's"),
+                            Pred(lambda v: v == 0 or v >= 3, "must be 0 or >= 3 (start, a token, end)")),
+    "clip.compute_dtype": one_of(*DTYPES),
+    "clip.demo_tiles_per_slide": count,
+    "clip.demo_tile_size": at_least(16),
+    "clip.splits": Pred(lambda v: len(v) == 3 and all(x >= 0 for x in v) and abs(sum(v) - 1) <= 1e-6,
+                        "must be three fractions (train, val, test) >= 0 summing to 1"),
+    "clip.loss": one_of(*CLIP_LOSSES),
+    "clip.batch_size": (at_least(2, why="a contrastive batch needs negatives"), relation(
+        ["clip.grad_accum"], lambda b, m: b % m == 0, "must be a multiple of {0}",
+        why="each micro-batch holds batch_size / grad_accum rows")),
+    "clip.grad_accum": count,
+    "clip.epochs": count,
+    "clip.max_steps": at_least(0, why="0: from epochs"),
+    "clip.lr": positive,
+    "clip.warmup_ratio": in_range(0, 1, hi_open=True),
+    "clip.weight_decay": non_negative,
+    "clip.grad_clip": at_least(0, why="0: no clipping"),
+    "clip.max_logit_scale": above(1),
+    "clip.checkpoint_every": count,
+    "clip.keep_last": count,
+    "clip.eval_split": one_of(*SPLITS),
+    "clip.templates": (non_empty(), each(Pred(lambda t: "{}" in t, "must contain {} (where the class name goes)"))),
+    "clip.retrieval_ks": (non_empty(), each(count)),
     # ---------------------------------------------------------------- eval, run, bench
     "eval.split": one_of(*SPLITS, why="the splits `prepare` writes"),
     "eval.batch_size": count,

@@ -1,5 +1,5 @@
 """The config dataclass tree: sections `model` (`llm`, `slide`, `lora`), `data`, `mesh`, `sft`,
-`grpo`, `rewards`, `eval`, `run`, `bench`, with their defaults. Loading lives in `loader.py`,
+`grpo`, `rewards`, `eval`, `clip` (Patho-CLIP), `run`, `bench`, with their defaults. Loading lives in `loader.py`,
 the value rules in `checks.py`.
 """
 from __future__ import annotations
@@ -218,6 +218,45 @@ class EvalConfig:
 
 
 @dataclass
+class ClipConfig:
+    """Patho-CLIP: `pathreasoner clip-data`, `clip`, `clip-eval`, `clip-export` (clip/)."""
+    preset: str = "tiny"  # tiny | vit_b_16 | vit_l_14 (clip/model.py PRESETS); hf_path / openclip_path override
+    hf_path: str = ""  # local HF CLIPModel folder to start from (config.json, *.safetensors, tokenizer)
+    openclip_path: str = ""  # open_clip checkpoint: .safetensors, or .pt/.bin read with torch weights_only
+    tokenizer_path: str = ""  # "" : hf_path's tokenizer, else the one clip-data trains on the captions
+    image_size: int = 0  # 0: the preset's (pixels per side)
+    context_length: int = 0  # 0: the preset's (text tokens incl. start and end)
+    compute_dtype: str = "float32"
+    # data (clip-data): a captions CSV (image_path, caption [, label]) and/or class folders;
+    # neither: tile–caption pairs cut from the demo slides, captions from the demo KG
+    data_dir: str = ""  # "" : runs/<name>/clip_data
+    captions_csv: str = ""
+    image_root: str = ""  # base of relative image_path values ("" : the CSV's folder)
+    class_folders: str = ""  # one sub-folder of images per class (zero-shot evaluation set)
+    demo_tiles_per_slide: int = 16
+    demo_tile_size: int = 64  # pixels of a demo tile (read at the slide's base level)
+    splits: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    # training (clip)
+    loss: str = "infonce"  # infonce | siglip
+    batch_size: int = 64  # global rows per step (over data × fsdp)
+    grad_accum: int = 1  # micro-batches per step; exact for the contrastive loss (clip/step.py)
+    epochs: int = 10
+    max_steps: int = 0  # 0 : from epochs
+    lr: float = 5e-4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.2
+    grad_clip: float = 1.0
+    max_logit_scale: float = 100.0  # exp(logit_scale) is clamped to this (CLIP, open_clip)
+    checkpoint_every: int = 100
+    keep_last: int = 2
+    # evaluation (clip-eval)
+    eval_split: str = "test"
+    templates: list[str] = field(default_factory=lambda: [
+        "an H&E image of {}.", "a histopathology image of {}.", "{} tissue.", "a microscopy image showing {}."])
+    retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+
+
+@dataclass
 class RunConfig:
     name: str = "default"
     root: str = "runs"
@@ -264,6 +303,7 @@ class Config:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
     run: RunConfig = field(default_factory=RunConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 

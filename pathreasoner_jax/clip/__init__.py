@@ -1,0 +1,1 @@
+"""Patho-CLIP: contrastive image–text training (records, preprocessing, loader, model, trainer)."""
