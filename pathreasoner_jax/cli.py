@@ -46,6 +46,11 @@ COMMANDS = {
     "infer": ("pathreasoner_jax.eval.cli:run_infer", "answer + evidence map for one slide"),
     "hf-import": ("pathreasoner_jax.hf.cli:run_import", "local HF directory → orbax checkpoint"),
     "hf-export": ("pathreasoner_jax.hf.cli:run_export", "checkpoint → HF directory (LoRA merged) + slide_encoder/"),
+    "clip-data": ("data_prep.image_text:run_clip_data",
+                  "Patho-CLIP data: captions CSV / class folders / demo slide tiles → image-text store"),
+    "clip": ("pathreasoner_jax.clip.cli:run_clip", "Patho-CLIP contrastive training (InfoNCE or SigLIP)"),
+    "clip-eval": ("pathreasoner_jax.clip.cli:run_clip_eval", "Patho-CLIP zero-shot classification and retrieval"),
+    "clip-export": ("pathreasoner_jax.clip.cli:run_clip_export", "Patho-CLIP checkpoint → HF CLIPModel folder"),
     "bench": ("benchmarks.cli:run_bench", "benchmarks against PyTorch baselines"),
     "compile": ("pathreasoner_jax.pod.cli:run_compile",
                 "compile the steps for a TPU slice without one: XLA's per-chip memory, FLOPs, step time"),
@@ -63,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "features":
             p.add_argument("--slides", required=True, help="folder of slide files")
             p.add_argument("--out", required=True, help="output folder (h5 per slide + manifest.json)")
-            p.add_argument("--encoder", default="demo", choices=["demo", "conch_v1"],
-                           help="patch encoder: demo (random, offline) or conch_v1 (needs --encoder-weights)")
-            p.add_argument("--encoder-weights", default="", help="local weights for conch_v1")
+            p.add_argument("--encoder", default="demo", choices=["demo", "conch_v1", "patho_clip"],
+                           help="patch encoder: demo (random, offline), conch_v1 or patho_clip (need --encoder-weights)")
+            p.add_argument("--encoder-weights", default="", help="local weights: conch_v1 safetensors, or the HF CLIP "
+                           "folder `pathreasoner clip-export` writes for patho_clip")
             p.add_argument("--magnification", type=_number(float, 0, inclusive=False), default=20.0,
                            help="target magnification (> 0)")
             p.add_argument("--patch-size", type=_number(int, 16), default=256, help="patch side in pixels (>= 16)")
@@ -116,8 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
                            "tokenizer, generation_config.json) plus slide_encoder/; replaces an earlier export")
             p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                            help="dtype of the written weights (default float32)")
+        elif name == "clip-eval":
+            _config_args(p)
+            p.add_argument("--checkpoint", default="", help="checkpoint directory (default: the run's clip checkpoints)")
+            p.add_argument("--untrained", action="store_true",
+                           help="evaluate the configured initial model (clip.hf_path / openclip_path / random)")
+            p.add_argument("--tag", default="", help="results name under runs/<name>/clip_eval/ (default clip / "
+                           "untrained)")
+        elif name == "clip-export":
+            _config_args(p)
+            p.add_argument("--checkpoint", default="", help="checkpoint directory (default: the run's clip checkpoints)")
+            p.add_argument("--out", required=True, help="HF CLIPModel folder to write (replaced if present)")
+            p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
         elif name == "bench":
-            p.add_argument("which", choices=["sft", "rollout", "grpo", "rewards", "prep", "prep-scale", "longslide"])
+            p.add_argument("which", choices=["sft", "rollout", "grpo", "rewards", "prep", "prep-scale", "longslide",
+                                             "clip"])
             _config_args(p)
             p.add_argument("--baseline", default="none", choices=["none", "torch"],
                            help="also run the PyTorch reference implementation on the same weights")

@@ -20,7 +20,7 @@ from pathreasoner_jax.records import FEATURE_DTYPES
 DTYPES = ("float32", "bfloat16", "float16")                  # models/vlm.py DTYPES, memory.py _BYTES
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")                   # models/attention.py _pick
 KG_FORMATS = ("pathology", "primekg", "pathoml")             # data_prep/kg.py load_kg
-ENCODERS = ("demo", "conch_v1")                              # slides/encoders.py ENCODERS
+ENCODERS = ("demo", "conch_v1", "patho_clip")                # slides/encoders.py ENCODERS
 REASONING_WRITERS = ("template", "openai")                   # data_prep/writers.py build_writer
 TRAJECTORY_MASK_MODES = ("none", "loss", "drop")             # data/encode.py ExampleEncoder
 FREEZABLE = ("llm", "slide_encoder", "projector")            # train/params.py MODULES
@@ -237,6 +237,8 @@ RULES: dict = {
     "clip.max_logit_scale": above(1),
     "clip.checkpoint_every": count,
     "clip.keep_last": count,
+    "clip.max_nonfinite_steps": at_least(0, why="0: the first non-finite step stops training"),
+    "clip.eval_batch_size": count,
     "clip.eval_split": one_of(*SPLITS),
     "clip.templates": (non_empty(), each(Pred(lambda t: "{}" in t, "must contain {} (where the class name goes)"))),
     "clip.retrieval_ks": (non_empty(), each(count)),

@@ -249,7 +249,9 @@ class ClipConfig:
     max_logit_scale: float = 100.0  # exp(logit_scale) is clamped to this (CLIP, open_clip)
     checkpoint_every: int = 100
     keep_last: int = 2
+    max_nonfinite_steps: int = 3  # consecutive skipped (non-finite) steps tolerated; one more stops training
     # evaluation (clip-eval)
+    eval_batch_size: int = 64
     eval_split: str = "test"
     templates: list[str] = field(default_factory=lambda: [
         "an H&E image of {}.", "a histopathology image of {}.", "{} tissue.", "a microscopy image showing {}."])

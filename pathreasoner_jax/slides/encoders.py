@@ -1,7 +1,8 @@
 """Patch encoders behind one interface: batched, jitted, fixed batch shape.
 
-`build_encoder("demo")` or `build_encoder("conch_v1", weights="conch.safetensors")`
-returns a `PatchEncoder`; calling it on (B, S, S, 3) uint8 patches returns (B, D)
+`build_encoder("demo")`, `build_encoder("conch_v1", weights="conch.safetensors")` or
+`build_encoder("patho_clip", weights="<clip-export folder>")` (a trained Patho-CLIP image
+tower: the unit image embedding, as CLIP encoders serve as patch encoders) returns a `PatchEncoder`; calling it on (B, S, S, 3) uint8 patches returns (B, D)
 float32 features. Batches are padded to `batch_size` so XLA compiles one program.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from flax import nnx
 
 from pathreasoner_jax.core.errors import UserError
 
-ENCODERS = ("demo", "conch_v1")
+ENCODERS = ("demo", "conch_v1", "patho_clip")
 
 
 class PatchEncoder:
@@ -59,4 +60,10 @@ def build_encoder(name: str, weights: str = "", batch_size: int = 64, heads: int
             raise UserError("encoder conch_v1 needs local weights (data.encoder_weights / --encoder-weights)")
         from pathreasoner_jax.slides.conch import load_conch
         return PatchEncoder(load_conch(weights, heads=heads), "conch_v1", batch_size)
+    if name == "patho_clip":
+        if not weights:
+            raise UserError("encoder patho_clip needs a local HF CLIP folder (data.encoder_weights / --encoder-weights; "
+                            "`pathreasoner clip-export` writes one)")
+        from pathreasoner_jax.clip.patch_encoder import load_clip_patch_encoder
+        return PatchEncoder(load_clip_patch_encoder(weights), "patho_clip", batch_size)
     raise UserError(f"unknown patch encoder {name!r} (known: {', '.join(ENCODERS)})")
