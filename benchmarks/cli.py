@@ -1,4 +1,4 @@
-"""`pathreasoner bench {sft,rollout,grpo,rewards,prep,prep-scale,longslide} --config CFG [--baseline torch] [--out DIR] [k=v ...]`
+"""`pathreasoner bench {sft,rollout,grpo,rewards,prep,prep-scale,longslide,clip} --config CFG [--baseline torch] [--out DIR] [k=v ...]`
 
 Warm-up, then the median of `bench.repeats` timed calls of each side, all in one process
 (sides interleaved). Reports step time, tokens/s, MFU (FLOPs: `pathreasoner_jax.flops`;
@@ -12,7 +12,8 @@ Sizes come from the `bench` config section (`bench.batch`, `bench.seq_len`,
 `bench.repeats`, `bench.rewards_batch_sizes`), e.g.
     pathreasoner bench sft --config configs/qwen2_5_1_5b.yaml --baseline torch bench.slide_tokens=4096 bench.batch=2
 `rewards` always includes its baseline (the reference's Python loop); `prep` and
-`prep-scale` (a PrimeKG-sized synthetic graph: `benchmarks/prep_scale.py`) have none.
+`prep-scale` (a PrimeKG-sized synthetic graph: `benchmarks/prep_scale.py`) have none;
+`clip` (benchmarks/clip_bench.py) times a Patho-CLIP training step against open_clip.
 """
 from __future__ import annotations
 
@@ -76,10 +77,15 @@ def _bench_grpo(cfg, baseline: str) -> dict:
     return bench_grpo(cfg, baseline)
 
 
+def _bench_clip(cfg, baseline: str) -> dict:
+    from benchmarks.clip_bench import bench_clip
+    return bench_clip(cfg, baseline)
+
+
 # name → fn(cfg, baseline) → result dict; the names are the CLI's `bench` choices
 BENCHES = {"sft": _bench_sft, "rollout": _bench_rollout, "rewards": _bench_rewards, "prep": _bench_prep,
            "prep-scale": _bench_prep_scale, "longslide": _bench_longslide,
-           "grpo": _bench_grpo}
+           "grpo": _bench_grpo, "clip": _bench_clip}
 
 
 def _summary(result: dict) -> str:
@@ -96,7 +102,8 @@ def _summary(result: dict) -> str:
             continue
         mfu = f", MFU {rec['mfu']:.1%}" if rec.get("mfu") else ""
         ratio = f", {rec['speedup_vs_torch']:.2f}× torch" if rec.get("speedup_vs_torch") else ""
-        lines.append(f"  {name:12s} {rec['median_s'] * 1e3:9.1f} ms/call  {rec['tokens_per_s']:10.1f} tokens/s"
+        unit = "images" if "images_per_s" in rec else "tokens"
+        lines.append(f"  {name:12s} {rec['median_s'] * 1e3:9.1f} ms/call  {rec[unit + '_per_s']:10.1f} {unit}/s"
                      f"{mfu}{ratio}")
     return "\n".join(lines)
 

@@ -4,13 +4,17 @@
 # Everything lands under runs/demo/. A killed run resumes from its last checkpoint when
 # started again; a finished run is a quick no-op unless --force is given.
 # Extra key=value arguments override the config for every stage (e.g. sft.epochs=2).
+# --clip runs Patho-CLIP instead (configs/clip_demo.yaml, a few minutes):
+#   clip-data → clip-eval of the untrained model (chance) → clip → clip-eval
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FORCE=""
+CLIP=""
 OVERRIDES=()
 for a in "$@"; do
   case "$a" in
     --force) FORCE="--force" ;;
+    --clip) CLIP=1 ;;
     *) OVERRIDES+=("$a") ;;
   esac
 done
@@ -20,6 +24,7 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1
 CFG=configs/demo.yaml
+[ -n "$CLIP" ] && CFG=configs/clip_demo.yaml
 PR=(.venv/bin/python -m pathreasoner_jax)
 RUN=$(.venv/bin/python -c "import sys; from pathreasoner_jax.config import load_config; print(load_config('$CFG', sys.argv[1:]).run_dir)" "${OVERRIDES[@]}")
 mkdir -p "$RUN"
@@ -39,6 +44,10 @@ stage() {  # stage NAME OUTPUT -- command...
 }
 
 echo "[demo] run directory $RUN (log: $LOG)"
+if [ -n "$CLIP" ]; then
+  source launch/clip_demo.sh
+  exit 0
+fi
 stage prepare "$RUN/prep" -- "${PR[@]}" prepare --config $CFG $FORCE "${OVERRIDES[@]}"
 stage sft "$RUN/checkpoints/sft" -- "${PR[@]}" sft --config $CFG $FORCE run.progress=false "${OVERRIDES[@]}"
 if [ -n "$FORCE" ] || [ ! -f "$RUN/prior.npz" ]; then

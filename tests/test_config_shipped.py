@@ -136,6 +136,11 @@ def test_enumerations_equal_the_consumers_constants():
     assert set(checks.ADV_SCALES) == set(ADV_SCALES)
     assert set(checks.FREEZABLE) == set(MODULES)
     assert set(checks.SPLITS) == set(records.SPLITS) == set(SPLIT_NAMES)
+    from pathreasoner_jax.clip.build import _DTYPES as CLIP_DTYPES
+    from pathreasoner_jax.clip.loss import LOSSES
+    from pathreasoner_jax.clip.model import PRESETS
+    assert set(checks.CLIP_PRESETS) == set(PRESETS) and set(checks.CLIP_LOSSES) == set(LOSSES)
+    assert set(checks.DTYPES) == set(CLIP_DTYPES)
 
 
 def test_enumerations_without_a_constant_match_their_consumers():

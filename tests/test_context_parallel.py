@@ -73,10 +73,14 @@ def _long_short_batch():
     return b
 
 
-def test_vlm_loss_and_gradients_with_context_axis_equal_one_device():
+@pytest.mark.parametrize("cases", [
+    ((8, 1),),
+    pytest.param(((2, 1), (4, 2)), marks=pytest.mark.slow),  # the suite's time budget: one mesh by default
+])
+def test_vlm_loss_and_gradients_with_context_axis_equal_one_device(cases):
     batch = _long_short_batch()
     ref_loss, ref_grads = _vlm_loss_and_grads(make_mesh(1, 1, 1, devices=jax.devices()[:1]), batch)
-    for context, fsdp in ((2, 1), (4, 2), (8, 1)):
+    for context, fsdp in cases:
         loss, grads = _vlm_loss_and_grads(make_mesh(1, fsdp, 1, devices=jax.devices()[:context * fsdp],
                                                     context=context), batch)
         assert abs(loss - ref_loss) < 1e-5 * max(1.0, abs(ref_loss)), context

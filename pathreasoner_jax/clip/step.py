@@ -89,8 +89,8 @@ class ClipStep:
         grads, _ = jax.lax.scan(pull_back, g_params, (micro, split_rows(g_img, m), split_rows(g_txt, m)))
         return loss, grads
 
-    def step(self, params, opt_state, batch, step):
-        loss, grads = self.loss_and_grads(params, batch)
+    def apply(self, params, opt_state, grads, loss, step):
+        """The optimizer half: clip, AdamW, the logit-scale clamp, the non-finite guard."""
         grad_norm = optax.global_norm(grads)
         updates, new_opt = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
@@ -100,6 +100,10 @@ class ClipStep:
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": self.schedule(step),
                    "logit_scale": jnp.exp(params["logit_scale"].get_value()), "skipped": skipped}
         return params, opt_state, metrics
+
+    def step(self, params, opt_state, batch, step):
+        loss, grads = self.loss_and_grads(params, batch)
+        return self.apply(params, opt_state, grads, loss, step)
 
     def jitted(self, params, opt_state, batch_example):
         """In/out shardings read off the live state; batch rows over data × fsdp."""
