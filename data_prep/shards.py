@@ -7,12 +7,9 @@ byte-identical files.
 """
 from __future__ import annotations
 
-import os
 from typing import Iterable
 
-from array_record.python.array_record_module import ArrayRecordWriter
-
-from pathreasoner_jax.core.io import atomic_path, sha256_file
+from pathreasoner_jax.core.io import write_array_record
 
 WRITER_OPTIONS = "group_size:1"
 # slide features are near-incompressible floats: array_record's default zstd saves ~22% of a
@@ -28,13 +25,4 @@ def shard_name(kind: str, part: int, num_parts: int) -> str:
 
 def write_shard(path: str, records: Iterable[bytes], options: str = WRITER_OPTIONS) -> dict:
     """Writes records atomically; → {"path": basename, "records": n, "sha256": hex}."""
-    n = 0
-    with atomic_path(path) as tmp:
-        w = ArrayRecordWriter(tmp, options)
-        try:
-            for r in records:
-                w.write(r)
-                n += 1
-        finally:
-            w.close()
-    return {"path": os.path.basename(path), "records": n, "sha256": sha256_file(path)}
+    return write_array_record(path, records, options)

@@ -21,7 +21,7 @@ from typing import Iterable
 import msgpack
 
 from pathreasoner_jax.core.errors import UserError
-from pathreasoner_jax.core.io import atomic_path, sha256_file, write_json
+from pathreasoner_jax.core.io import write_array_record, write_json
 
 FORMAT = "pathreasoner-image-text"
 FORMAT_VERSION = 1
@@ -67,17 +67,7 @@ def decode(data: bytes) -> ImageText:
 
 def write_records(path: str, records: Iterable[bytes]) -> dict:
     """Writes encoded records to one array_record file atomically → {"path", "records", "sha256"}."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-    n = 0
-    with atomic_path(path) as tmp:
-        w = ArrayRecordWriter(tmp, WRITER_OPTIONS)
-        try:
-            for r in records:
-                w.write(r)
-                n += 1
-        finally:
-            w.close()
-    return {"path": os.path.basename(path), "records": n, "sha256": sha256_file(path)}
+    return write_array_record(path, records, WRITER_OPTIONS)
 
 
 def _chunks(items: Iterable[ImageText], size: int):

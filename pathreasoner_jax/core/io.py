@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Iterable
 
 
 def tmp_name(path: str) -> str:
@@ -84,3 +84,19 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def write_array_record(path: str, records: Iterable[bytes], options: str = "group_size:1") -> dict:
+    """Writes encoded records to one array_record file atomically → {"path": basename,
+    "records": n, "sha256": hex} (the manifests' shard entry)."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+    n = 0
+    with atomic_path(path) as tmp:
+        w = ArrayRecordWriter(tmp, options)
+        try:
+            for r in records:
+                w.write(r)
+                n += 1
+        finally:
+            w.close()
+    return {"path": os.path.basename(path), "records": n, "sha256": sha256_file(path)}
