@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pathreasoner_jax.models.qwen2 import init_cache, positions_from_valid
+from pathreasoner_jax.models.qwen2 import init_cache
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,12 @@ def _choose(logits_bv, key, step, p: SamplingParams):
     return tok.astype(jnp.int32), jnp.take_along_axis(logp, tok[:, None], -1)[:, 0]
 
 
+def next_positions(positions, valid_bt) -> jax.Array:
+    """(B,) the first free position after each row's valid tokens ((B,T) or M-RoPE (B,T,3) ids)."""
+    p = positions if positions.ndim == 2 else jnp.max(positions, axis=-1)
+    return jnp.max(jnp.where(valid_bt, p, -1), axis=1) + 1
+
+
 def _last_valid(x_btd, valid_bt):
     idx = jnp.maximum(valid_bt.shape[1] - 1 - jnp.argmax(valid_bt[:, ::-1], axis=1), 0)
     return jnp.take_along_axis(x_btd, idx[:, None, None], axis=1)[:, 0]
@@ -78,14 +84,15 @@ def sample_fn(model, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, key, *
     p, g, n = params, params.group_size, params.max_new_tokens
     ctx = model.ctx()
     llm = model.llm
-    x, valid = model.embed_inputs(ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx)
+    x, valid, pos = model.inputs(ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx)
     if not p.shared_prefix and g > 1:
-        x, valid = jnp.repeat(x, g, 0), jnp.repeat(valid, g, 0)
+        x, valid, pos = jnp.repeat(x, g, 0), jnp.repeat(valid, g, 0), jnp.repeat(pos, g, 0)
     rows, t = valid.shape
-    prompt_len = jnp.sum(valid, axis=1).astype(jnp.int32)
+    # decoding continues at the first free position (the prompt length, or past M-RoPE's image extents)
+    prompt_len = next_positions(pos, valid).astype(jnp.int32)
     if p.shared_prefix:
         prefix = init_cache(llm.d, rows, t, ctx.dtype)
-        hidden, prefix = llm(x, positions_from_valid(valid), valid, ctx, prefix)
+        hidden, prefix = llm(x, pos, valid, ctx, prefix)
         prefix_kv = {"k": prefix["k"], "v": prefix["v"], "valid": prefix["kv_valid"]}
         cache = init_cache(llm.d, rows * g, n, ctx.dtype)
         first_logits = jnp.repeat(llm.logits(_last_valid(hidden, valid)), g, 0)
@@ -93,7 +100,7 @@ def sample_fn(model, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, key, *
     else:
         prefix_kv = None
         cache = init_cache(llm.d, rows, t + n, ctx.dtype)
-        hidden, cache = llm(x, positions_from_valid(valid), valid, ctx, cache)
+        hidden, cache = llm(x, pos, valid, ctx, cache)
         first_logits = llm.logits(_last_valid(hidden, valid))
     b = first_logits.shape[0]
     tok0, lp0 = _choose(first_logits, key, 0, p)

@@ -98,9 +98,8 @@ def torch_named_arrays(module, prefix: str, dtype: str = "float32") -> dict[str,
     return out
 
 
-def write_llm(tensors: dict[str, np.ndarray], llm_cfg: LLMConfig, d: str, dtype: str,
-              max_shard_bytes: int = 4 << 30, extra_config: dict | None = None) -> None:
-    """config.json + model.safetensors, or model-0000k-of-0000n.safetensors + index, into `d`."""
+def write_safetensors(tensors: dict[str, np.ndarray], d: str, max_shard_bytes: int = 4 << 30) -> None:
+    """model.safetensors, or model-0000k-of-0000n.safetensors + index past `max_shard_bytes`, into `d`."""
     from safetensors.numpy import save_file
 
     shards, cur, size = [], {}, 0
@@ -113,15 +112,21 @@ def write_llm(tensors: dict[str, np.ndarray], llm_cfg: LLMConfig, d: str, dtype:
     shards.append(cur)
     if len(shards) == 1:
         save_file(shards[0], os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(d, fn), metadata={"format": "pt"})
-            weight_map.update({k: fn for k in shard})
-        total = sum(v.nbytes for v in tensors.values())
-        write_json(os.path.join(d, "model.safetensors.index.json"),
-                   {"metadata": {"total_size": total}, "weight_map": weight_map})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(d, fn), metadata={"format": "pt"})
+        weight_map.update({k: fn for k in shard})
+    total = sum(v.nbytes for v in tensors.values())
+    write_json(os.path.join(d, "model.safetensors.index.json"),
+               {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def write_llm(tensors: dict[str, np.ndarray], llm_cfg: LLMConfig, d: str, dtype: str,
+              max_shard_bytes: int = 4 << 30, extra_config: dict | None = None) -> None:
+    """config.json + the safetensors (`write_safetensors`) into `d`."""
+    write_safetensors(tensors, d, max_shard_bytes)
     write_json(os.path.join(d, "config.json"), {**hf_config_dict(llm_cfg, dtype), **(extra_config or {})})
 
 

@@ -36,28 +36,36 @@ def abstract_model(cfg: ModelConfig, image_token_id: int, seed: int = 0) -> Path
 
 def create_model(cfg: ModelConfig, image_token_id: int, mesh: Mesh | None = None, seed: int = 0) -> PathVLM:
     """`cfg` must be resolved (`resolve_model_config`)."""
-    mesh = mesh or make_mesh(1, -1, 1)
-    graphdef, abs_state = nnx.split(abstract_model(cfg, image_token_id, seed))
-    shardings = state_shardings(abs_state, mesh)
     hf_dir = cfg.llm.hf_path
-    loaded = {}
-    if hf_dir:
+
+    def loader(abs_state, shardings):
         loaded = hf_weights.load_llm_arrays(hf_dir, cfg.llm, abs_state["llm"], shardings["llm"])
-    loaded_paths = {("llm",) + p for p in loaded}
+        return {("llm",) + p: a for p, a in loaded.items()}
+    return create_sharded(lambda: PathVLM(cfg, nnx.Rngs(seed), image_token_id), mesh, loader if hf_dir else None)
+
+
+def create_sharded(make, mesh: Mesh | None = None, loader=None):
+    """The module `make()` builds, every leaf created in its sharding: `loader(abstract state,
+    shardings)` → {state path: array} supplies some leaves (checkpoint weights); the rest
+    are initialised by a jit with out_shardings that never computes the loaded ones."""
+    mesh = mesh or make_mesh(1, -1, 1)
+    graphdef, abs_state = nnx.split(nnx.eval_shape(make))
+    shardings = state_shardings(abs_state, mesh)
+    loaded = loader(abs_state, shardings) if loader is not None else {}
 
     def keep(path, _):
-        return tuple(path) not in loaded_paths
+        return tuple(path) not in loaded
 
     def init():
-        state = nnx.state(PathVLM(cfg, nnx.Rngs(seed), image_token_id))
-        return nnx.filter_state(state, keep) if loaded_paths else state
+        state = nnx.state(make())
+        return nnx.filter_state(state, keep) if loaded else state
 
-    rest_shardings = nnx.filter_state(shardings, keep) if loaded_paths else shardings
+    rest_shardings = nnx.filter_state(shardings, keep) if loaded else shardings
     rest = jax.jit(init, out_shardings=rest_shardings)()
-    if not loaded_paths:
+    if not loaded:
         return nnx.merge(graphdef, rest)
     flat = dict(nnx.to_flat_state(rest))
     abs_flat = dict(nnx.to_flat_state(abs_state))
     for path, arr in loaded.items():
-        flat[("llm",) + path] = abs_flat[("llm",) + path].replace(arr)
+        flat[path] = abs_flat[path].replace(arr)
     return nnx.merge(graphdef, nnx.from_flat_state(flat))

@@ -12,6 +12,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from pathreasoner_jax.models.attention import attention
@@ -37,6 +38,7 @@ class Qwen2Dims:
     lora_targets: tuple[str, ...] = ()
     attention_impl: str = "auto"
     remat: bool = False
+    mrope_section: tuple[int, ...] = ()  # Qwen2.5-VL's M-RoPE: frequencies per (t, h, w) axis
 
     @staticmethod
     def from_config(llm, lora=None, attention_impl="auto", remat=False) -> "Qwen2Dims":
@@ -58,11 +60,20 @@ def positions_from_valid(valid_bt: jax.Array, offset_b: Optional[jax.Array] = No
     return pos if offset_b is None else pos + offset_b[:, None]
 
 
-def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
-    """HF-style rotary embedding (rotate_half over the two halves of head_dim), in fp32."""
+def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float, mrope_section: tuple[int, ...] = ()) -> jax.Array:
+    """HF-style rotary embedding (rotate_half over the two halves of head_dim), in fp32.
+
+    positions (B,T), or (B,T,3) temporal/height/width ids for M-RoPE: frequency block i
+    of `mrope_section` rotates by axis i mod 3 (HF's `recomposition_frequencies`). A text
+    token has three equal ids, so (B,T) positions give the same angles under M-RoPE.
+    """
     h = x_btnh.shape[-1]
     inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
-    ang = positions_bt.astype(jnp.float32)[..., None] * inv_freq  # (B,T,H/2)
+    if positions_bt.ndim == 3:
+        axis_of_freq = np.concatenate([np.full(n, i % 3) for i, n in enumerate(mrope_section)])
+        ang = positions_bt.astype(jnp.float32)[..., axis_of_freq] * inv_freq  # (B,T,H/2)
+    else:
+        ang = positions_bt.astype(jnp.float32)[..., None] * inv_freq  # (B,T,H/2)
     cos = jnp.concatenate([jnp.cos(ang)] * 2, -1)[:, :, None, :]
     sin = jnp.concatenate([jnp.sin(ang)] * 2, -1)[:, :, None, :]
     x = x_btnh.astype(jnp.float32)
@@ -92,8 +103,8 @@ class Attention(nnx.Module):
         q = self.q_proj(x_btd, ctx).reshape(b, t, d.num_heads, d.head_dim)
         k = self.k_proj(x_btd, ctx).reshape(b, t, d.num_kv_heads, d.head_dim)
         v = self.v_proj(x_btd, ctx).reshape(b, t, d.num_kv_heads, d.head_dim)
-        q = constrain(rope(q, positions_bt, d.rope_theta), ("batch", "length", "act_heads", None))
-        k = rope(k, positions_bt, d.rope_theta)
+        q = constrain(rope(q, positions_bt, d.rope_theta, d.mrope_section), ("batch", "length", "act_heads", None))
+        k = rope(k, positions_bt, d.rope_theta, d.mrope_section)
         new_cache = None
         if cache is not None:
             k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)

@@ -68,11 +68,17 @@ class PathVLM(nnx.Module):
         valid = text_valid_bt & (~is_image | patch_ok)
         return x, valid
 
+    def inputs(self, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx: Ctx, image_slots_bt=None):
+        """→ (embeddings (B,T,H), validity (B,T), RoPE positions (B,T)): what the LLM takes
+        (the sampler's interface, shared with models/qwen_vl.QwenVL)."""
+        x, valid = self.embed_inputs(ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx, image_slots_bt)
+        return x, valid, positions_from_valid(valid)
+
     def __call__(self, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx: Ctx, cache=None,
                  image_slots_bt=None):
         """Full forward without cache: returns (final hidden (B,T,H), token validity (B,T))."""
-        x, valid = self.embed_inputs(ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx, image_slots_bt)
-        hidden, _ = self.llm(x, positions_from_valid(valid), valid, ctx, cache)
+        x, valid, pos = self.inputs(ids_bt, text_valid_bt, features_bpf, patch_valid_bp, ctx, image_slots_bt)
+        hidden, _ = self.llm(x, pos, valid, ctx, cache)
         return hidden, valid
 
 
