@@ -51,6 +51,13 @@ COMMANDS = {
     "clip": ("pathreasoner_jax.clip.cli:run_clip", "Patho-CLIP contrastive training (InfoNCE or SigLIP)"),
     "clip-eval": ("pathreasoner_jax.clip.cli:run_clip_eval", "Patho-CLIP zero-shot classification and retrieval"),
     "clip-export": ("pathreasoner_jax.clip.cli:run_clip_export", "Patho-CLIP checkpoint → HF CLIPModel folder"),
+    "vl-data": ("pathreasoner_jax.vl.cli:run_vl_data",
+                "Patho-R1 data: captions CSV / LLaVA JSON / MCQ JSON / demo slide tiles → VL stores"),
+    "vl-init": ("pathreasoner_jax.vl.cli:run_vl_init", "the demo's random Qwen2.5-VL + tokenizer → HF folder"),
+    "vl-train": ("pathreasoner_jax.vl.cli:run_vl_train",
+                 "Patho-R1 stages on images: continued pretraining, CoT SFT, GRPO on MCQs"),
+    "vl-eval": ("pathreasoner_jax.vl.cli:run_vl_eval", "MCQ accuracy (overall, per category; true vs shuffled images)"),
+    "vl-export": ("pathreasoner_jax.vl.cli:run_vl_export", "a VL stage's checkpoint → HF Qwen2.5-VL folder"),
     "bench": ("benchmarks.cli:run_bench", "benchmarks against PyTorch baselines"),
     "compile": ("pathreasoner_jax.pod.cli:run_compile",
                 "compile the steps for a TPU slice without one: XLA's per-chip memory, FLOPs, step time"),
@@ -129,6 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
                            help="evaluate the configured initial model (clip.hf_path / openclip_path / random)")
             p.add_argument("--tag", default="", help="results name under runs/<name>/clip_eval/ (default clip / "
                            "untrained)")
+        elif name in ("vl-data", "vl-init"):
+            _config_args(p)
+            p.add_argument("--force", action="store_true", help="rewrite what exists")
+        elif name == "vl-train":
+            _config_args(p)
+            p.add_argument("--stage", required=True, choices=["pretrain", "sft", "grpo", "all"],
+                           help="pretrain (captions), sft (CoT conversations), grpo (MCQs), or all three in order")
+            p.add_argument("--force", action="store_true", help="redo a finished stage")
+        elif name == "vl-eval":
+            _config_args(p)
+            p.add_argument("--stage", default="", choices=["", "pretrain", "sft", "grpo"],
+                           help="evaluate this stage's checkpoint (default: the untrained model folder)")
+            p.add_argument("--checkpoint", default="", help="a checkpoint directory instead of --stage")
+            p.add_argument("--tag", default="", help="results name under runs/<name>/vl_eval/")
+        elif name == "vl-export":
+            _config_args(p)
+            p.add_argument("--stage", default="grpo", choices=["pretrain", "sft", "grpo"],
+                           help="the stage whose checkpoint to export (default grpo)")
+            p.add_argument("--checkpoint", default="", help="a checkpoint directory instead of --stage")
+            p.add_argument("--out", required=True, help="HF folder to write (replaced if it is an earlier export)")
+            p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
         elif name == "clip-export":
             _config_args(p)
             p.add_argument("--checkpoint", default="", help="checkpoint directory (default: the run's clip checkpoints)")

@@ -4,6 +4,8 @@
     checkpoints/<stage>/  orbax steps + DONE once the stage finished; stages: sft, sft_pseudobag, grpo,
                           and clip (Patho-CLIP, its own model: not part of the VLM's chain)
     clip_data/  clip_eval/  Patho-CLIP's image–text store and evaluation        (clip.data_dir overrides)
+    vl_data/ vl_init/ vl_eval/  Patho-R1 on images: stores, the vl-init model, evaluation; its stages
+                          vl_pretrain, vl_sft, vl_grpo chain (vl.data_dir, vl.hf_path override)
     metrics/<stage>.jsonl tb/<stage>/        training metrics (JSONL, TensorBoard)
     prior.npz             pseudo-bag prior cache                            (sft.prior_path overrides)
     judge_cache.jsonl     semantic-judge replies
@@ -27,6 +29,7 @@ SFT_PSEUDOBAG = "sft_pseudobag"
 GRPO = "grpo"
 STAGES = (SFT, SFT_PSEUDOBAG, GRPO)
 CLIP = "clip"
+VL_STAGES = ("vl_pretrain", "vl_sft", "vl_grpo")  # Patho-R1's three stages on images, in order
 DONE = "DONE"
 
 
@@ -66,7 +69,7 @@ class RunLayout:
         return SFT_PSEUDOBAG if self.cfg.sft.pseudo_bag else SFT
 
     def checkpoint(self, stage: str) -> str:
-        if stage not in STAGES + (CLIP,):
+        if stage not in STAGES + (CLIP,) + VL_STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
         return self.path("checkpoints", stage)
 
@@ -132,6 +135,29 @@ class RunLayout:
     @property
     def clip_eval_dir(self) -> str:
         return self.path("clip_eval")
+
+    @property
+    def vl_data_dir(self) -> str:
+        return self.cfg.vl.data_dir or self.path("vl_data")
+
+    @property
+    def vl_model_dir(self) -> str:
+        """The Qwen2.5-VL folder the recipe starts from: vl.hf_path, else what vl-init wrote."""
+        return self.cfg.vl.hf_path or self.path("vl_init")
+
+    @property
+    def vl_eval_dir(self) -> str:
+        return self.path("vl_eval")
+
+    def vl_init(self, stage: str) -> str:
+        """Where a VL stage starts: the previous stage's checkpoint ("" for the first, which
+        starts from `vl_model_dir`); a stage whose predecessor never ran starts from its own
+        predecessor's start, so any stage can be skipped (vl.*_steps = 0)."""
+        i = VL_STAGES.index(stage)
+        for prev in reversed(VL_STAGES[:i]):
+            if self.stage_done(prev):
+                return self.checkpoint(prev)
+        return ""
 
     @property
     def eval_dir(self) -> str:

@@ -1,4 +1,5 @@
-"""Image–text records and their store (Patho-CLIP, later the Qwen2.5-VL recipe too).
+"""Image–text records and their store (Patho-CLIP), and the record-store machinery that the
+Qwen2.5-VL records (vl/records.py) share.
 
 An `ImageText` is one image (PNG bytes, any size, RGB) with its caption and, where
 known, a class label. Records are msgpack maps, never pickle. A store is a folder:
@@ -8,6 +9,8 @@ known, a class label. Records are msgpack maps, never pickle. A store is a folde
 
 `write_store` writes every file under a temporary name and renames it; `ImageTextStore`
 reads the manifest and gives each split as a random-access source (`len`, `[i]`).
+Both are `write_record_store` / `RecordStore` with the image-text `StoreFormat` (format
+name, version, codec, the command that builds one); another record type passes its own.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import glob
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import msgpack
 
@@ -70,10 +73,28 @@ def write_records(path: str, records: Iterable[bytes]) -> dict:
     return write_array_record(path, records, WRITER_OPTIONS)
 
 
-def _chunks(items: Iterable[ImageText], size: int):
+@dataclass(frozen=True)
+class StoreFormat:
+    """What tells one record store from another: the manifest's `format` name and `version`,
+    the record codec, and for messages the store's label and the command that (re)builds it.
+    Module-level functions as encode/decode keep a SplitSource picklable."""
+    name: str
+    version: int
+    label: str  # "image-text": "no image-text store here"
+    encode: Callable[[Any], bytes]
+    decode: Callable[[bytes], Any]
+    build: str  # "run `pathreasoner clip-data` to build it"
+    rebuild: str  # "rebuild with `pathreasoner clip-data --force`"
+
+
+IMAGE_TEXT = StoreFormat(FORMAT, FORMAT_VERSION, "image-text", encode, decode,
+                         "run `pathreasoner clip-data` to build it", "rebuild with `pathreasoner clip-data --force`")
+
+
+def _chunks(items: Iterable, size: int, encode_fn: Callable[[Any], bytes]):
     buf = []
     for rec in items:
-        buf.append(encode(rec))
+        buf.append(encode_fn(rec))
         if len(buf) == size:
             yield buf
             buf = []
@@ -81,9 +102,12 @@ def _chunks(items: Iterable[ImageText], size: int):
         yield buf
 
 
-def write_store(out_dir: str, splits: dict[str, Iterable[ImageText]], class_names: list[str],
-                extra_meta: dict | None = None, records_per_shard: int = RECORDS_PER_SHARD) -> dict:
-    """Writes the splits' records and then manifest.json; → the manifest.
+def write_record_store(out_dir: str, splits: dict[str, Iterable], fmt: StoreFormat,
+                       fields: dict | Callable[[], dict] | None = None,
+                       records_per_shard: int = RECORDS_PER_SHARD) -> dict:
+    """Writes the splits' records (`fmt.encode`) and then manifest.json; → the manifest:
+    {"format", "version", "counts": {split: n}, "splits": {split: {"count", "shards"}}} plus
+    `fields` (a callable is called once every record is written: fields counted on the way).
 
     An older manifest is removed first (a crash half-way leaves no manifest, so readers
     refuse the folder), and shards of an earlier store that this one does not list are
@@ -97,11 +121,11 @@ def write_store(out_dir: str, splits: dict[str, Iterable[ImageText]], class_name
         if not name or "/" in name or os.sep in name:
             raise ValueError(f"split name {name!r} cannot be a file name prefix")
         shards = [write_records(os.path.join(out_dir, f"{name}-{k:05d}.array_record"), chunk)
-                  for k, chunk in enumerate(_chunks(items, records_per_shard))]
+                  for k, chunk in enumerate(_chunks(items, records_per_shard, fmt.encode))]
         out_splits[name] = {"count": sum(s["records"] for s in shards), "shards": shards}
-    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "class_names": list(class_names),
-                "counts": {k: v["count"] for k, v in out_splits.items()}, "splits": out_splits,
-                "meta": dict(extra_meta or {})}
+    extra = fields() if callable(fields) else dict(fields or {})
+    manifest = {**extra, "format": fmt.name, "version": fmt.version,
+                "counts": {k: v["count"] for k, v in out_splits.items()}, "splits": out_splits}
     write_json(manifest_path, manifest)
     keep = {s["path"] for v in out_splits.values() for s in v["shards"]}
     for p in glob.glob(os.path.join(glob.escape(out_dir), "*.array_record")):
@@ -110,30 +134,42 @@ def write_store(out_dir: str, splits: dict[str, Iterable[ImageText]], class_name
     return manifest
 
 
-def load_manifest(data_dir: str) -> dict:
+def write_store(out_dir: str, splits: dict[str, Iterable[ImageText]], class_names: list[str],
+                extra_meta: dict | None = None, records_per_shard: int = RECORDS_PER_SHARD) -> dict:
+    """The image-text store (`write_record_store`); the manifest adds class_names and meta."""
+    return write_record_store(out_dir, splits, IMAGE_TEXT,
+                              {"class_names": list(class_names), "meta": dict(extra_meta or {})}, records_per_shard)
+
+
+def read_manifest(data_dir: str, fmt: StoreFormat) -> dict:
+    """manifest.json of a complete store of format `fmt`; UserError when it is missing,
+    unreadable, of another format or of another version."""
     path = os.path.join(data_dir, "manifest.json")
-    hint = "run `pathreasoner clip-data` to build it"
     if not os.path.isfile(path):
-        raise UserError(f"{data_dir}: no image-text store here (manifest.json missing; {hint})")
+        raise UserError(f"{data_dir}: no {fmt.label} store here (manifest.json missing; {fmt.build})")
     try:
         with open(path) as f:
             m = json.load(f)
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable manifest ({' '.join(str(e).split())}; {hint})") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("splits"), dict):
-        raise UserError(f"{path}: not an image-text store manifest ({hint})")
-    if m.get("version") != FORMAT_VERSION:
+        raise UserError(f"{path}: unreadable manifest ({' '.join(str(e).split())}; {fmt.build})") from None
+    if not isinstance(m, dict) or m.get("format") != fmt.name or not isinstance(m.get("splits"), dict):
+        raise UserError(f"{path}: not a manifest of the {fmt.label} store format ({fmt.build})")
+    if m.get("version") != fmt.version:
         raise UserError(f"{path}: store format version {m.get('version')!r}, this code reads "
-                        f"{FORMAT_VERSION} ({hint} with --force)")
+                        f"{fmt.version} ({fmt.rebuild})")
     return m
 
 
-class SplitSource:
-    """One split: `len()` and `[i] → ImageText` by random access over its shards.
-    Picklable (readers are reopened lazily in another process)."""
+def load_manifest(data_dir: str) -> dict:
+    return read_manifest(data_dir, IMAGE_TEXT)
 
-    def __init__(self, data_dir: str, name: str, shards: list[dict]):
-        self.data_dir, self.name = data_dir, name
+
+class SplitSource:
+    """One split: `len()` and `[i] → record` (`fmt.decode`: ImageText by default) by random
+    access over its shards. Picklable (readers are reopened lazily in another process)."""
+
+    def __init__(self, data_dir: str, name: str, shards: list[dict], fmt: StoreFormat = IMAGE_TEXT):
+        self.data_dir, self.name, self.fmt = data_dir, name, fmt
         self._paths = [os.path.join(data_dir, s["path"]) for s in shards if s["records"]]
         counts = [int(s["records"]) for s in shards if s["records"]]
         self._starts = [sum(counts[:k]) for k in range(len(counts) + 1)]
@@ -146,19 +182,18 @@ class SplitSource:
         if k not in self._readers:
             from array_record.python.array_record_module import ArrayRecordReader
             if not os.path.isfile(self._paths[k]):
-                raise UserError(f"{self._paths[k]}: shard listed in the manifest is missing "
-                                f"(rebuild with `pathreasoner clip-data --force`)")
+                raise UserError(f"{self._paths[k]}: shard listed in the manifest is missing ({self.fmt.rebuild})")
             self._readers[k] = ArrayRecordReader(self._paths[k], "readahead_buffer_size:0")
         return self._readers[k]
 
-    def __getitem__(self, index: int) -> ImageText:
+    def __getitem__(self, index: int):
         i = int(index)
         if not 0 <= i < len(self):
             raise IndexError(f"record {index} out of range ({len(self)} in split {self.name!r})")
         k = bisect.bisect_right(self._starts, i) - 1
         data = self._reader(k).read([i - self._starts[k]])[0]
         try:
-            return decode(data)
+            return self.fmt.decode(data)
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
             raise UserError(f"{self._paths[k]}: record {i - self._starts[k]} is corrupt ({e})") from None
 
@@ -176,13 +211,13 @@ class SplitSource:
         return f"SplitSource({self.data_dir!r}, {self.name!r}, n={len(self)})"
 
 
-class ImageTextStore:
-    """The store in `data_dir`: `.class_names`, `.counts`, `.meta`, `.split(name)`."""
+class RecordStore:
+    """A complete store of format `fmt` in `data_dir`: `.manifest`, `.counts`, `.meta`,
+    `.splits()`, `.split(name)` → SplitSource."""
 
-    def __init__(self, data_dir: str):
-        self.data_dir = data_dir
-        self.manifest = load_manifest(data_dir)
-        self.class_names: list[str] = list(self.manifest.get("class_names", []))
+    def __init__(self, data_dir: str, fmt: StoreFormat):
+        self.data_dir, self.fmt = data_dir, fmt
+        self.manifest = read_manifest(data_dir, fmt)
         self.counts: dict[str, int] = {k: int(v["count"]) for k, v in self.manifest["splits"].items()}
         self.meta: dict = dict(self.manifest.get("meta", {}))
 
@@ -191,6 +226,14 @@ class ImageTextStore:
 
     def split(self, name: str) -> SplitSource:
         if name not in self.manifest["splits"]:
-            raise UserError(f"{self.data_dir}: no split {name!r} in the image-text store "
+            raise UserError(f"{self.data_dir}: no split {name!r} in the {self.fmt.label} store "
                             f"(it has {', '.join(self.splits()) or 'none'})")
-        return SplitSource(self.data_dir, name, self.manifest["splits"][name]["shards"])
+        return SplitSource(self.data_dir, name, self.manifest["splits"][name]["shards"], self.fmt)
+
+
+class ImageTextStore(RecordStore):
+    """The image-text store in `data_dir`: `.class_names`, `.counts`, `.meta`, `.split(name)`."""
+
+    def __init__(self, data_dir: str):
+        super().__init__(data_dir, IMAGE_TEXT)
+        self.class_names: list[str] = list(self.manifest.get("class_names", []))

@@ -21,7 +21,7 @@ from pathreasoner_jax.config.checks import RULES, problems, validate
 from pathreasoner_jax.config.loader import COMMAND_LINE, DEFAULT, load_unchecked, parse_override
 from pathreasoner_jax.config.schema import (BenchConfig, Config, DataConfig, EvalConfig, GRPOConfig, LLMConfig,
                                             LoRAConfig, MeshConfig, ModelConfig, RewardsConfig, RunConfig,
-                                            SFTConfig, SlideEncoderConfig)
+                                            SFTConfig, SlideEncoderConfig, VLConfig)
 from pathreasoner_jax.core.errors import ConfigError
 
 
@@ -39,5 +39,5 @@ def config_sources(path: Optional[str] = None, overrides: Optional[list[str]] = 
 
 __all__ = ["BenchConfig", "COMMAND_LINE", "Config", "ConfigError", "DEFAULT", "DataConfig", "EvalConfig",
            "GRPOConfig", "LLMConfig", "LoRAConfig", "MeshConfig", "ModelConfig", "RULES", "RewardsConfig",
-           "RunConfig", "SFTConfig", "SlideEncoderConfig", "config_sources", "load_config", "parse_override",
+           "RunConfig", "SFTConfig", "SlideEncoderConfig", "VLConfig", "config_sources", "load_config", "parse_override",
            "problems", "validate"]

@@ -33,6 +33,7 @@ SEMANTIC_REWARDS = ("rouge", "judge", "self")                # grpo/reward_fn.py
 SPLITS = ("train", "val", "test")                            # records.py SPLITS, data_prep/splits.py
 CLIP_PRESETS = ("tiny", "vit_b_16", "vit_l_14")              # clip/model.py PRESETS
 CLIP_LOSSES = ("infonce", "siglip")                          # clip/loss.py LOSSES
+VL_PRETRAIN_MODES = ("projector", "vision+projector", "full")  # vl/stages.py PRETRAIN_MODES
 
 prob = in_range(0, 1)
 drop_rate = in_range(0, 1, hi_open=True, why="dropout scales the kept values by 1 / (1 - rate)")
@@ -56,6 +57,9 @@ def _ascending(v) -> bool:
 def _mesh_multiple(rows: int, data: int, fsdp: int) -> bool:
     return data == -1 or fsdp == -1 or rows % (data * fsdp) == 0
 
+
+SPLIT_FRACTIONS = Pred(lambda v: len(v) == 3 and all(x >= 0 for x in v) and abs(sum(v) - 1) <= 1e-6,
+                       "must be three fractions (train, val, test) >= 0 summing to 1")
 
 RULES: dict = {
     # ---------------------------------------------------------------- model
@@ -221,8 +225,7 @@ RULES: dict = {
     "clip.compute_dtype": one_of(*DTYPES),
     "clip.demo_tiles_per_slide": count,
     "clip.demo_tile_size": at_least(16),
-    "clip.splits": Pred(lambda v: len(v) == 3 and all(x >= 0 for x in v) and abs(sum(v) - 1) <= 1e-6,
-                        "must be three fractions (train, val, test) >= 0 summing to 1"),
+    "clip.splits": SPLIT_FRACTIONS,
     "clip.loss": one_of(*CLIP_LOSSES),
     "clip.batch_size": (at_least(2, why="a contrastive batch needs negatives"), relation(
         ["clip.grad_accum"], lambda b, m: b % m == 0, "must be a multiple of {0}",
@@ -242,6 +245,50 @@ RULES: dict = {
     "clip.eval_split": one_of(*SPLITS),
     "clip.templates": (non_empty(), each(Pred(lambda t: "{}" in t, "must contain {} (where the class name goes)"))),
     "clip.retrieval_ks": (non_empty(), each(count)),
+    # ---------------------------------------------------------------- vl (Qwen2.5-VL, Patho-R1)
+    "vl.compute_dtype": one_of(*DTYPES),
+    "vl.param_dtype": one_of(*DTYPES),
+    "vl.lora_rank": at_least(0, why="0: no LoRA"),
+    "vl.min_pixels": (at_least(784, why="one 28 × 28 merge unit"), relation(
+        ["vl.max_pixels"], lambda lo, hi: lo <= hi, "must be <= {0}")),
+    "vl.max_pixels": at_least(784),
+    "vl.max_patches": (at_least(4), Pred(lambda v: v % 4 == 0, "must be a multiple of 4 (2 × 2 merge units)")),
+    "vl.max_len": at_least(16),
+    "vl.splits": SPLIT_FRACTIONS,
+    "vl.init_hidden": (at_least(8), relation(["vl.init_heads"], lambda h, n: h % n == 0 and (h // n) % 2 == 0,
+                                            "must be an even multiple of {0} (head_dim is even)")),
+    "vl.init_layers": count,
+    "vl.init_heads": (count, relation(["vl.init_kv_heads"], lambda n, k: n % k == 0, "must be a multiple of {0}")),
+    "vl.init_kv_heads": count,
+    "vl.init_vision_hidden": (at_least(8), relation(["vl.init_vision_heads"], lambda h, n: h % (4 * n) == 0,
+                                                   "must be a multiple of 4 × {0} (2-D rope splits head_dim in 4)")),
+    "vl.init_vision_depth": count,
+    "vl.init_vision_heads": count,
+    "vl.init_vocab": at_least(300, why="the byte alphabet and the special tokens"),
+    "vl.batch_size": count,
+    "vl.pretrain_mode": one_of(*VL_PRETRAIN_MODES),
+    "vl.pretrain_steps": non_negative,
+    "vl.pretrain_lr": positive,
+    "vl.sft_steps": non_negative,
+    "vl.sft_lr": positive,
+    "vl.sft_mask_mode": one_of(*TRAJECTORY_MASK_MODES),
+    "vl.sft_mask_rate": in_range(0, 1),
+    "vl.grpo_steps": non_negative,
+    "vl.grpo_lr": positive,
+    "vl.grpo_prompts": count,
+    "vl.group_size": at_least(2, why="group-relative advantages need two completions"),
+    "vl.max_new_tokens": count,
+    "vl.temperature": positive,
+    "vl.format_weight": non_negative,
+    "vl.warmup_ratio": in_range(0, 1, hi_open=True),
+    "vl.weight_decay": non_negative,
+    "vl.grad_clip": at_least(0, why="0: no clipping"),
+    "vl.checkpoint_every": count,
+    "vl.keep_last": count,
+    "vl.max_nonfinite_steps": at_least(0, why="0: the first non-finite step stops training"),
+    "vl.eval_split": one_of(*SPLITS),
+    "vl.eval_batch_size": count,
+    "vl.eval_new_tokens": count,
     # ---------------------------------------------------------------- eval, run, bench
     "eval.split": one_of(*SPLITS, why="the splits `prepare` writes"),
     "eval.batch_size": count,

@@ -259,6 +259,65 @@ class ClipConfig:
 
 
 @dataclass
+class VLConfig:
+    """Patho-R1's recipe on images (Qwen2.5-VL): `vl-data`, `vl-init`, `vl-train --stage
+    pretrain|sft|grpo`, `vl-eval`, `vl-export` (vl/)."""
+    hf_path: str = ""  # local Qwen2.5-VL folder (config.json, safetensors, tokenizer); "" : the one vl-init makes
+    compute_dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+    lora_rank: int = 0  # > 0: LoRA adapters on the LLM (model.lora's targets/alpha/dropout); the LLM base frozen
+    # images (the processor's budget per image) and batch shapes (one compile per stage)
+    min_pixels: int = 3136  # 56 × 56
+    max_pixels: int = 1003520  # 28 × 28 × 1280 (Qwen2.5-VL's processor default)
+    max_patches: int = 4096  # 14-px patches per row over its images (a multiple of 4)
+    max_len: int = 2048  # tokens per row (image tokens included)
+    # data (vl-data): importers, or (none given) the demo: tiles of the demo slides
+    data_dir: str = ""  # "" : runs/<name>/vl_data
+    llava_json: str = ""  # LLaVA-style conversations (stage 2)
+    captions_csv: str = ""  # Quilt/PathGen-style image_path, caption (stage 1)
+    mcq_json: str = ""  # PathMMU-style multiple-choice questions (stage 3 and eval)
+    image_root: str = ""  # base of relative image paths ("" : each file's folder)
+    splits: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train/val/test of imported records
+    # vl-init (demo): a random Qwen2.5-VL of these sizes, written as a HF folder
+    init_hidden: int = 64
+    init_layers: int = 2
+    init_heads: int = 4
+    init_kv_heads: int = 2
+    init_vision_hidden: int = 32
+    init_vision_depth: int = 2
+    init_vision_heads: int = 2
+    init_vocab: int = 1024  # the demo tokenizer's size
+    # stages
+    batch_size: int = 8
+    pretrain_mode: str = "projector"  # projector | vision+projector | full
+    pretrain_steps: int = 100
+    pretrain_lr: float = 1e-3
+    sft_steps: int = 100
+    sft_lr: float = 5e-4
+    sft_mask_mode: str = "none"  # none | loss | drop (CoT sentences of <observe>/<think>; data/encode.py)
+    sft_mask_rate: float = 0.0
+    sft_freeze_vision: bool = True
+    grpo_steps: int = 50
+    grpo_lr: float = 2e-5
+    grpo_prompts: int = 4  # prompts per step (group_size completions each; grpo.* for the rest)
+    group_size: int = 8
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    format_weight: float = 0.5  # MCQ reward = accuracy + format_weight × format
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 50
+    keep_last: int = 2
+    max_nonfinite_steps: int = 3
+    # evaluation (vl-eval)
+    eval_split: str = "test"
+    eval_batch_size: int = 16
+    eval_new_tokens: int = 48
+
+
+@dataclass
 class RunConfig:
     name: str = "default"
     root: str = "runs"
@@ -306,6 +365,7 @@ class Config:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    vl: VLConfig = field(default_factory=VLConfig)
     run: RunConfig = field(default_factory=RunConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 

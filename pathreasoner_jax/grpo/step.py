@@ -39,7 +39,7 @@ def assemble(prompt: dict, rollout: dict, group: int, image_id: int) -> dict:
     return {"ids": jnp.concatenate([rep(prompt["ids"]), rollout["tokens"]], 1),
             "image_slots": jnp.concatenate([rep(slots), jnp.zeros_like(rollout["mask"])], 1),
             "text_valid": jnp.concatenate([rep(prompt["text_valid"]), rollout["mask"]], 1),
-            "features": rep(prompt["features"]), "patch_valid": rep(prompt["patch_valid"]),
+            "features": jax.tree.map(rep, prompt["features"]), "patch_valid": rep(prompt["patch_valid"]),
             "mask": rollout["mask"].astype(jnp.float32)}
 
 

@@ -89,6 +89,6 @@ def finish(rt, stage: str, finished: bool, info: dict) -> None:
 
 
 def shard_rows(batch: dict, mesh) -> dict:
-    """Host-local rows → global arrays split over (data, fsdp)."""
+    """Host-local rows (a tree of arrays) → global arrays split over (data, fsdp)."""
     sharding = NamedSharding(mesh, P(("data", "fsdp")))
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), batch)

@@ -186,6 +186,7 @@ def hf_config(model: QwenVL, ids: dict, dtype: str = "float32") -> dict:
                   temporal_patch_size=v.temporal_patch_size, in_channels=v.in_channels)
     tokens = {k: ids[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
                                   "bos_token_id", "eos_token_id", "pad_token_id") if k in ids}
+    text.update({k: v for k, v in tokens.items() if k in ("bos_token_id", "eos_token_id", "pad_token_id")})
     cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=d.tie_word_embeddings,
                            **tokens)
     cfg.dtype = dtype

@@ -1,0 +1,88 @@
+"""`pathreasoner vl-data`, `vl-init`, `vl-train`, `vl-eval`, `vl-export`: Patho-R1's recipe on images."""
+from __future__ import annotations
+
+import os
+
+from pathreasoner_jax.config import load_config
+from pathreasoner_jax.core.errors import UserError
+
+STAGE_NAMES = {"pretrain": "vl_pretrain", "sft": "vl_sft", "grpo": "vl_grpo"}
+
+
+def _cfg(args):
+    from pathreasoner_jax import distributed
+    cfg = load_config(args.config, args.overrides)
+    distributed.initialize(cfg.mesh)
+    return cfg
+
+
+def imported_corpus(cfg) -> dict:
+    """{stage store: {split: records}} from the configured importers (captions → caption,
+    LLaVA conversations → sft, MCQs → mcq), split by source."""
+    from data_prep.vl_data import import_caption_csv_vl, import_llava_json, import_mcq_json, split_vl_records
+    v, out = cfg.vl, {}
+    for path, store, fn in ((v.captions_csv, "caption", import_caption_csv_vl), (v.llava_json, "sft", import_llava_json),
+                            (v.mcq_json, "mcq", import_mcq_json)):
+        if path:
+            out[store] = split_vl_records(fn(path, v.image_root), v.splits, cfg.run.seed)
+    return out
+
+
+def run_vl_data(args) -> int:
+    from data_prep.vl_data import build_vl_data, demo_vl_corpus
+    from pathreasoner_jax.run_layout import RunLayout
+    cfg = _cfg(args)
+    v = cfg.vl
+    out = RunLayout(cfg).vl_data_dir
+    imported = bool(v.captions_csv or v.llava_json or v.mcq_json)
+    corpus = (lambda: imported_corpus(cfg)) if imported else (lambda: demo_vl_corpus(cfg))
+    done = build_vl_data(out, corpus, {"source": "import" if imported else "demo"}, force=args.force)
+    for stage, m in sorted(done.items()):
+        counts = ", ".join(f"{s} {c['count']}" for s, c in m["splits"].items())
+        print(f"vl-data: {stage}: {counts} → {os.path.join(out, stage)}")
+    return 0
+
+
+def run_vl_init(args) -> int:
+    from pathreasoner_jax.vl.init import vl_init
+    vl_init(_cfg(args), force=args.force)
+    return 0
+
+
+def run_vl_train(args) -> int:
+    from pathreasoner_jax.vl.runtime import VLRuntime
+    from pathreasoner_jax.vl.stages import train_supervised, train_vl_grpo
+    rt = VLRuntime(_cfg(args))
+    stages = list(STAGE_NAMES) if args.stage == "all" else [args.stage]
+    for s in stages:
+        stage = STAGE_NAMES[s]
+        out = train_vl_grpo(rt, args.force) if s == "grpo" else train_supervised(rt, stage, args.force)
+        print(f"vl-train {s}: checkpoints in {out}; metrics in {rt.layout.metrics(stage)}")
+    return 0
+
+
+def run_vl_eval(args) -> int:
+    from pathreasoner_jax.vl.evaluate import evaluate_vl, summary_line
+    from pathreasoner_jax.vl.runtime import VLRuntime
+    rt = VLRuntime(_cfg(args))
+    ckpt, tag = args.checkpoint, args.tag
+    if args.stage:
+        ckpt = rt.layout.checkpoint(STAGE_NAMES[args.stage])
+        if not os.path.isdir(ckpt):
+            raise UserError(f"{ckpt}: stage {args.stage} has no checkpoint (run `pathreasoner vl-train` first)")
+        tag = tag or args.stage
+    r = evaluate_vl(rt, ckpt, tag or ("checkpoint" if ckpt else "untrained"))
+    print(summary_line(tag or "untrained", r))
+    return 0
+
+
+def run_vl_export(args) -> int:
+    from pathreasoner_jax.vl.convert import read_config, save_qwen_vl
+    from pathreasoner_jax.vl.runtime import VLRuntime
+    rt = VLRuntime(_cfg(args))
+    ckpt = args.checkpoint or rt.layout.checkpoint(STAGE_NAMES[args.stage])
+    model = rt.build_model(ckpt)
+    config = read_config(rt.model_dir)
+    save_qwen_vl(model, args.out, config, rt.tokenizer, dtype=args.dtype)
+    print(f"vl-export: {ckpt} → {args.out} (Qwen2_5_VLForConditionalGeneration.from_pretrained loads it)")
+    return 0
