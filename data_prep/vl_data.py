@@ -262,13 +262,16 @@ def demo_category(cls: str) -> str:
     return info[2][0] if info and info[2] else cls
 
 
-def demo_vl_corpus(cfg, tiles: tuple[dict, list[str]] | None = None) -> dict[str, dict[str, list[VLRecord]]]:
+def demo_vl_corpus(cfg, tiles: tuple[dict, list[str]] | None = None,
+                   shuffle_options: bool = True) -> dict[str, dict[str, list[VLRecord]]]:
     """The demo tiles → {"caption" | "sft" | "mcq": {"train" | "val" | "test": [VLRecord]}},
     one record of each kind per tile, in the tiles' split (by slide).
 
     mcq: "What is the diagnosis?" with the true diagnosis and 3 other demo classes as
     options, shuffled by a generator seeded from run.seed and the tile's source; category:
-    `demo_category`. sft: the same question and options as one user turn ("<image>\\n" +
+    `demo_category`. `shuffle_options` False: the options in the class order instead (the
+    letter then names the class; `vl.demo_shuffle_options`). sft: the same question and
+    options as one user turn ("<image>\\n" +
     vl.mcq.mcq_prompt), the assistant "<observe>findings the caption names</observe>
     <think>one sentence from them to the diagnosis</think><answer>letter</answer>".
     tiles: demo_tile_captions(cfg)'s result when the caller already has it."""
@@ -283,7 +286,10 @@ def demo_vl_corpus(cfg, tiles: tuple[dict, list[str]] | None = None) -> dict[str
             cls, dx = CLASSES[r.label], names[r.label]
             rng = random.Random(f"{seed}:{r.source}:mcq")
             options = [dx] + rng.sample([n for n in names if n != dx], min(3, len(names) - 1))
-            rng.shuffle(options)
+            if shuffle_options:
+                rng.shuffle(options)
+            else:
+                options.sort(key=names.index)
             letter, category = LETTERS[options.index(dx)], demo_category(cls)
             found = caption_findings(r.caption, cls, synonyms) or [r.caption.rstrip(".")]
             others = [o for o in options if o != dx]
@@ -338,3 +344,36 @@ def build_vl_data(out_dir: str, corpus: dict | Callable[[], dict], meta: dict | 
                                 f"({getattr(bad, 'source', '')}) in the {stage}/{split} split ({stage} holds {kind})")
         out[stage] = write_vl_store(os.path.join(out_dir, stage), splits, {**(meta or {}), "stage": stage, "kind": kind})
     return out
+
+
+# ---------------------------------------------------------------- the command
+
+def imported_corpus(cfg) -> dict:
+    """{stage store: {split: records}} from the configured importers (captions → caption,
+    LLaVA conversations → sft, MCQs → mcq), split by source."""
+    v, out = cfg.vl, {}
+    for path, store, fn in ((v.captions_csv, "caption", import_caption_csv_vl), (v.llava_json, "sft", import_llava_json),
+                            (v.mcq_json, "mcq", import_mcq_json)):
+        if path:
+            out[store] = split_vl_records(fn(path, v.image_root), v.splits, cfg.run.seed)
+    return out
+
+
+def run_vl_data(args) -> int:
+    from pathreasoner_jax import distributed
+    from pathreasoner_jax.config import load_config
+    from pathreasoner_jax.run_layout import RunLayout
+    cfg = load_config(args.config, args.overrides)
+    distributed.initialize(cfg.mesh)
+    v = cfg.vl
+    out = RunLayout(cfg).vl_data_dir
+    imported = bool(v.captions_csv or v.llava_json or v.mcq_json)
+    if imported:
+        corpus = lambda: imported_corpus(cfg)  # noqa: E731
+    else:
+        corpus = lambda: demo_vl_corpus(cfg, shuffle_options=v.demo_shuffle_options)  # noqa: E731
+    done = build_vl_data(out, corpus, {"source": "import" if imported else "demo"}, force=args.force)
+    for stage, m in sorted(done.items()):
+        counts = ", ".join(f"{s} {c['count']}" for s, c in m["splits"].items())
+        print(f"vl-data: {stage}: {counts} → {os.path.join(out, stage)}")
+    return 0

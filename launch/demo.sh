@@ -6,15 +6,19 @@
 # Extra key=value arguments override the config for every stage (e.g. sft.epochs=2).
 # --clip runs Patho-CLIP instead (configs/clip_demo.yaml, a few minutes):
 #   clip-data → clip-eval of the untrained model (chance) → clip → clip-eval
+# --patho-r1 runs Patho-R1's recipe on images (configs/patho_r1_demo.yaml, a few minutes):
+#   vl-data → vl-init → vl-eval → vl-train pretrain / sft / grpo, each with vl-eval
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FORCE=""
 CLIP=""
+PATHO_R1=""
 OVERRIDES=()
 for a in "$@"; do
   case "$a" in
     --force) FORCE="--force" ;;
     --clip) CLIP=1 ;;
+    --patho-r1) PATHO_R1=1 ;;
     *) OVERRIDES+=("$a") ;;
   esac
 done
@@ -25,6 +29,7 @@ export TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1
 CFG=configs/demo.yaml
 [ -n "$CLIP" ] && CFG=configs/clip_demo.yaml
+[ -n "$PATHO_R1" ] && CFG=configs/patho_r1_demo.yaml
 PR=(.venv/bin/python -m pathreasoner_jax)
 RUN=$(.venv/bin/python -c "import sys; from pathreasoner_jax.config import load_config; print(load_config('$CFG', sys.argv[1:]).run_dir)" "${OVERRIDES[@]}")
 mkdir -p "$RUN"
@@ -46,6 +51,10 @@ stage() {  # stage NAME OUTPUT -- command...
 echo "[demo] run directory $RUN (log: $LOG)"
 if [ -n "$CLIP" ]; then
   source launch/clip_demo.sh
+  exit 0
+fi
+if [ -n "$PATHO_R1" ]; then
+  source launch/patho_r1_demo.sh
   exit 0
 fi
 stage prepare "$RUN/prep" -- "${PR[@]}" prepare --config $CFG $FORCE "${OVERRIDES[@]}"

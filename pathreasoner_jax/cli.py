@@ -51,7 +51,7 @@ COMMANDS = {
     "clip": ("pathreasoner_jax.clip.cli:run_clip", "Patho-CLIP contrastive training (InfoNCE or SigLIP)"),
     "clip-eval": ("pathreasoner_jax.clip.cli:run_clip_eval", "Patho-CLIP zero-shot classification and retrieval"),
     "clip-export": ("pathreasoner_jax.clip.cli:run_clip_export", "Patho-CLIP checkpoint → HF CLIPModel folder"),
-    "vl-data": ("pathreasoner_jax.vl.cli:run_vl_data",
+    "vl-data": ("data_prep.vl_data:run_vl_data",
                 "Patho-R1 data: captions CSV / LLaVA JSON / MCQ JSON / demo slide tiles → VL stores"),
     "vl-init": ("pathreasoner_jax.vl.cli:run_vl_init", "the demo's random Qwen2.5-VL + tokenizer → HF folder"),
     "vl-train": ("pathreasoner_jax.vl.cli:run_vl_train",

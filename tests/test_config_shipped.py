@@ -141,6 +141,9 @@ def test_enumerations_equal_the_consumers_constants():
     from pathreasoner_jax.clip.model import PRESETS
     assert set(checks.CLIP_PRESETS) == set(PRESETS) and set(checks.CLIP_LOSSES) == set(LOSSES)
     assert set(checks.DTYPES) == set(CLIP_DTYPES)
+    from pathreasoner_jax.vl.convert import DTYPES as VL_DTYPES
+    from pathreasoner_jax.vl.stages import PRETRAIN_MODES
+    assert set(checks.VL_PRETRAIN_MODES) == set(PRETRAIN_MODES) and set(checks.DTYPES) == set(VL_DTYPES)
 
 
 def test_enumerations_without_a_constant_match_their_consumers():

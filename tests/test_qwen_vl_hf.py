@@ -106,3 +106,40 @@ def test_import_export_import_is_bit_exact(pair, batch, tmp_path):
     hidden, _ = again(jnp.asarray(ids), jnp.asarray(att.astype(bool)), vision, token_valid, again.ctx())
     mask = att.astype(bool)
     assert np.abs(np.asarray(again.llm.logits(hidden))[mask] - ref[mask]).max() <= 1e-4 * max(np.abs(ref).max(), 1)
+
+
+def test_in_memory_tensor_names_load_the_same(pair, tmp_path):
+    """transformers' in-memory names (model.visual.*, model.language_model.*) — what some
+    conversions save — read into the same parameters as the saved layout."""
+    import shutil
+    from safetensors.numpy import load_file, save_file
+    _, model, d = pair
+    out = tmp_path / "renamed"
+    shutil.copytree(d, out)
+    tensors = load_file(str(out / "model.safetensors"))
+    renamed = {("model." + k if k.startswith("visual.") else k.replace("model.", "model.language_model.", 1)
+                if k.startswith("model.") else k): v for k, v in tensors.items()}
+    assert any(k.startswith("model.language_model.layers.") for k in renamed)
+    save_file(renamed, str(out / "model.safetensors"), metadata={"format": "pt"})
+    again = load_qwen_vl(str(out))
+    a, b = (jax.tree.leaves(jax.tree.map(np.asarray, nnx.state(m))) for m in (model, again))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_missing_tensor_and_wrong_model_type_are_named(pair, tmp_path):
+    import json
+    import shutil
+    from safetensors.numpy import load_file, save_file
+    from pathreasoner_jax.core.errors import UserError
+    _, _, d = pair
+    out = tmp_path / "broken"
+    shutil.copytree(d, out)
+    tensors = load_file(str(out / "model.safetensors"))
+    del tensors["visual.merger.mlp.0.weight"]
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UserError, match="visual.merger.mlp.0.weight missing"):
+        load_qwen_vl(str(out))
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen2"}))
+    with pytest.raises(UserError, match="is not qwen2_5_vl"):
+        load_qwen_vl(str(out))

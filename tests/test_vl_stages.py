@@ -190,6 +190,7 @@ def test_vl_pipeline_end_to_end(tmp_path):
     import types
     from data_prep.demo.corpus import generate_demo_corpus
     from pathreasoner_jax.config import load_config
+    from data_prep.vl_data import run_vl_data
     from pathreasoner_jax.vl import cli
     root = tmp_path
     generate_demo_corpus(str(root / "cache" / "corpus-s0-n12"), 12, 0, sizes=(256, 512))
@@ -204,7 +205,7 @@ def test_vl_pipeline_end_to_end(tmp_path):
     cfg_yaml = root / "vl.yaml"
     cfg_yaml.write_text("{}\n")
     args = types.SimpleNamespace(config=str(cfg_yaml), overrides=ov, force=False, stage="all", checkpoint="", tag="")
-    assert cli.run_vl_data(args) == 0 and cli.run_vl_init(args) == 0 and cli.run_vl_train(args) == 0
+    assert run_vl_data(args) == 0 and cli.run_vl_init(args) == 0 and cli.run_vl_train(args) == 0
     cfg = load_config(str(cfg_yaml), ov)
     from pathreasoner_jax.run_layout import RunLayout
     layout = RunLayout(cfg)

@@ -279,6 +279,7 @@ class VLConfig:
     mcq_json: str = ""  # PathMMU-style multiple-choice questions (stage 3 and eval)
     image_root: str = ""  # base of relative image paths ("" : each file's folder)
     splits: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train/val/test of imported records
+    demo_shuffle_options: bool = True  # the demo MCQs' options shuffled per question (false: in class order)
     # vl-init (demo): a random Qwen2.5-VL of these sizes, written as a HF folder
     init_hidden: int = 64
     init_layers: int = 2

@@ -1,4 +1,5 @@
-"""`pathreasoner vl-data`, `vl-init`, `vl-train`, `vl-eval`, `vl-export`: Patho-R1's recipe on images."""
+"""`pathreasoner vl-init`, `vl-train`, `vl-eval`, `vl-export`: Patho-R1's recipe on images
+(`vl-data` lives in data_prep/vl_data.py)."""
 from __future__ import annotations
 
 import os
@@ -14,33 +15,6 @@ def _cfg(args):
     cfg = load_config(args.config, args.overrides)
     distributed.initialize(cfg.mesh)
     return cfg
-
-
-def imported_corpus(cfg) -> dict:
-    """{stage store: {split: records}} from the configured importers (captions → caption,
-    LLaVA conversations → sft, MCQs → mcq), split by source."""
-    from data_prep.vl_data import import_caption_csv_vl, import_llava_json, import_mcq_json, split_vl_records
-    v, out = cfg.vl, {}
-    for path, store, fn in ((v.captions_csv, "caption", import_caption_csv_vl), (v.llava_json, "sft", import_llava_json),
-                            (v.mcq_json, "mcq", import_mcq_json)):
-        if path:
-            out[store] = split_vl_records(fn(path, v.image_root), v.splits, cfg.run.seed)
-    return out
-
-
-def run_vl_data(args) -> int:
-    from data_prep.vl_data import build_vl_data, demo_vl_corpus
-    from pathreasoner_jax.run_layout import RunLayout
-    cfg = _cfg(args)
-    v = cfg.vl
-    out = RunLayout(cfg).vl_data_dir
-    imported = bool(v.captions_csv or v.llava_json or v.mcq_json)
-    corpus = (lambda: imported_corpus(cfg)) if imported else (lambda: demo_vl_corpus(cfg))
-    done = build_vl_data(out, corpus, {"source": "import" if imported else "demo"}, force=args.force)
-    for stage, m in sorted(done.items()):
-        counts = ", ".join(f"{s} {c['count']}" for s, c in m["splits"].items())
-        print(f"vl-data: {stage}: {counts} → {os.path.join(out, stage)}")
-    return 0
 
 
 def run_vl_init(args) -> int:

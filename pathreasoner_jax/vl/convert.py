@@ -128,7 +128,7 @@ def load_qwen_vl(hf_dir: str, mesh=None, lora=None, param_dtype: str = "float32"
     c = read_config(hf_dir)
     dims, vdims = model_dims(c, lora, attention_impl, remat)
     llm = llm_config(c, hf_dir)
-    files = {_saved_name(k): v for k, v in open_checkpoint_files(hf_dir).items()}
+    files = {_saved_name(k): (f, k) for k, f in open_checkpoint_files(hf_dir).items()}  # → (file, its name)
     pd = DTYPES[param_dtype]
 
     def make():
@@ -141,13 +141,14 @@ def load_qwen_vl(hf_dir: str, mesh=None, lora=None, param_dtype: str = "float32"
                 raise UserError(f"{hf_dir}: tensor {name} missing from the checkpoint")
             var, sh = _get(abs_state, path), _get(shardings, path)
             sh = sh.get_value() if isinstance(sh, nnx.Variable) else sh
-            src = files[name].tensor(name)
+            file, stored = files[name]
+            src = file.tensor(stored)
             expect = {"T": tuple(var.shape[::-1]), "copy": tuple(var.shape)}.get(how)
             if how == "conv":
                 src = np.asarray(src).reshape(src.shape[0], -1).T
                 expect = tuple(var.shape)
             if tuple(src.shape) != expect:
-                raise UserError(f"{files[name].path}: {name} has shape {tuple(src.shape)}, the config expects {expect}")
+                raise UserError(f"{file.path}: {stored} has shape {tuple(src.shape)}, the config expects {expect}")
 
             def read(idx, src=src, how=how, dtype=var.dtype):
                 return np.asarray(src[idx[::-1]].T if how == "T" else src[idx], dtype=dtype)

@@ -62,3 +62,25 @@ def summary_line(tag: str, r: dict) -> str:
     return (f"vl-eval {tag}: MCQ accuracy {t['accuracy']:.3f} with the images, {s['accuracy']:.3f} shuffled "
             f"(chance {t['chance']:.3f}, n={t['n']}); format {t['format']:.2f}; answered {t['answered']:.2f}"
             f" → {r['path']}")
+
+
+def summary_table(eval_dir: str, tags=("untrained", "pretrain", "sft", "grpo")) -> str:
+    """The demo's table: MCQ accuracy per stage with true and with shuffled images."""
+    import json
+    lines = ["| model | MCQ acc, true images | MCQ acc, shuffled images | chance | format | n |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for tag in tags:
+        path = os.path.join(eval_dir, f"{tag}.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            r = json.load(f)
+        t, s = r["true_images"], r["shuffled_images"]
+        lines.append(f"| {tag} | {t['accuracy']:.3f} | {s['accuracy']:.3f} | {t['chance']:.3f} | {t['format']:.2f} "
+                     f"| {t['n']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+    print(summary_table(sys.argv[1]))
