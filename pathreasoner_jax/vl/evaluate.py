@@ -50,11 +50,29 @@ def evaluate_vl(rt, checkpoint: str = "", tag: str = "", split: str = "") -> dic
         m["format"] = format_compliance(texts)
         m["examples"] = [{"source": r.source, "answer": r.answer, "completion": t} for r, t in zip(recs[:4], texts)]
         results[name] = m
+    results["open_ended"] = open_ended(rt, model, split)
     out = os.path.join(rt.layout.vl_eval_dir, f"{tag or 'untrained'}.json")
     if jax.process_index() == 0:
         write_json(out, results)
     results["path"] = out
     return results
+
+
+def open_ended(rt, model, split: str) -> dict:
+    """VQA metrics as for slides (eval/metrics.compute_metrics: format, BLEU, ROUGE on the
+    whole reply) of the conversation store's last replies; {} without that store."""
+    from pathreasoner_jax.core.errors import UserError
+    from pathreasoner_jax.eval.metrics import compute_metrics
+    try:
+        src = _source(rt, "vl_sft", split)
+    except UserError:
+        return {}
+    recs = [src[i] for i in range(len(src))]
+    texts = predict(rt, model, MCQPrompts(rt, src), rt.cfg.vl.eval_batch_size, rt.cfg.vl.eval_new_tokens,
+                    "open-ended")
+    refs = [r.conversation[-1]["content"] for r in recs]
+    m = compute_metrics(texts, refs, [r.category for r in recs], text_span="full")
+    return {k: m[k] for k in ("format_compliance", "bleu4", "rougeL", "n")}
 
 
 def summary_line(tag: str, r: dict) -> str:

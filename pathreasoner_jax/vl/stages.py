@@ -158,8 +158,9 @@ def train_supervised(rt, stage: str, force: bool = False, stop_after: int | None
 
 
 class MCQPrompts:
-    """MCQ records → fixed-shape left-padded prompt batches (+ "answer" (B,) letter index,
-    "num_options" (B,)) for the sampler and the reward."""
+    """Records → fixed-shape left-padded prompt batches for the sampler (a conversation's
+    prompt: its turns before the last reply); MCQs add "answer" (B,) letter index and
+    "num_options" (B,) for the reward."""
 
     def __init__(self, rt, src, shuffle_images: bool = False, seed: int = 0):
         self.rt, self.src = rt, src
@@ -176,8 +177,9 @@ class MCQPrompts:
         exs = [self.rt.encoder.encode(r, prompt_only=True) for r in recs]
         b, _ = collate(exs, v.max_len, v.max_patches, self.rt.ids.pad, self.rt.geom, left_pad=True)
         out = {k: b[k] for k in ("ids", "text_valid", "features", "patch_valid")}
-        out["answer"] = np.asarray([LETTERS.index(r.answer) for r in recs], np.int32)
-        out["num_options"] = np.asarray([len(r.options) for r in recs], np.int32)
+        if all(r.kind == "mcq" for r in recs):
+            out["answer"] = np.asarray([LETTERS.index(r.answer) for r in recs], np.int32)
+            out["num_options"] = np.asarray([len(r.options) for r in recs], np.int32)
         return shard_rows(out, self.rt.mesh) if place else out
 
 
