@@ -200,24 +200,33 @@ def demo_caption(cls: str, rng: random.Random, synonyms: dict, concepts: dict) -
     return _cap(rng.choice(forms))
 
 
-def _slide_tiles(path: str, size: int, k: int, rng: np.random.Generator) -> list[tuple[tuple[int, int], np.ndarray]]:
-    """k tissue tiles of size×size px read at level 0 → [((x, y), (size, size, 3) uint8)]."""
+def _slide_tiles(path: str, size: int, k: int, rng: np.random.Generator,
+                 scale: int = 1) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """k tissue tiles → [((x, y), (size, size, 3) uint8)]: regions of size·scale px read at
+    level 0 and, for scale > 1, downsampled to size (a wider field of view, as a pathologist
+    zooms out: PathReasoner-R1's "various image scales")."""
     from pathreasoner_jax.slides.reader import open_slide, slide_magnification
     from pathreasoner_jax.slides.tiling import plan_tiles, read_patch
     slide = open_slide(path)
     try:
         base, _ = slide_magnification(slide, path)
         # target = the base magnification: the grid is laid out and read at level 0
-        plan = plan_tiles(slide, path, target_magnification=base, patch_size=size, min_tissue=0.75)
+        plan = plan_tiles(slide, path, target_magnification=base, patch_size=size * scale, min_tissue=0.75)
         pick = np.sort(rng.choice(len(plan.coords), size=min(k, len(plan.coords)), replace=False))
-        return [((int(x), int(y)), read_patch(slide, plan, (x, y))) for x, y in plan.coords[pick]]
+        tiles = [((int(x), int(y)), read_patch(slide, plan, (x, y))) for x, y in plan.coords[pick]]
+        if scale > 1:
+            tiles = [(xy, np.asarray(Image.fromarray(t).resize((size, size), Image.BICUBIC))) for xy, t in tiles]
+        return tiles
     finally:
         slide.close()
 
 
-def demo_tile_captions(cfg, corpus: dict | None = None) -> tuple[dict[str, list[ImageText]], list[str]]:
+def demo_tile_captions(cfg, corpus: dict | None = None,
+                       scales: tuple[int, ...] = (1,)) -> tuple[dict[str, list[ImageText]], list[str]]:
     """Tile–caption pairs from the demo slides → ({"train", "val", "test": [ImageText]},
-    class names in label order). Splits are by slide (data_prep/splits.py, run.seed)."""
+    class names in label order). Splits are by slide (data_prep/splits.py, run.seed).
+    `scales`: clip.demo_tiles_per_slide tiles at each field-of-view scale (`_slide_tiles`);
+    a tile's source names its scale past 1 ("demo-003.tiff@448,224x2")."""
     from data_prep.demo.corpus import CLASS_INFO
     from data_prep.demo.synth import CLASSES
     from pathreasoner_jax.slides.reader import SlideError
@@ -230,16 +239,18 @@ def demo_tile_captions(cfg, corpus: dict | None = None) -> tuple[dict[str, list[
     for i, sid in enumerate(track(sorted(labels), "clip-data: demo slides", enabled=cfg.run.progress, unit="slide")):
         cls, path = labels[sid], os.path.join(corpus["slides_dir"], sid + ".tiff")
         try:
-            tiles = _slide_tiles(path, int(c.demo_tile_size), int(c.demo_tiles_per_slide),
-                                 np.random.default_rng([seed, i]))
+            tiles = [(sc, t) for sc in scales
+                     for t in _slide_tiles(path, int(c.demo_tile_size), int(c.demo_tiles_per_slide),
+                                           np.random.default_rng([seed, i] if sc == 1 else [seed, i, sc]), sc)]
         except SlideError as e:
             log.warning("%s; slide skipped", e)
             continue
-        for (x, y), tile in tiles:
-            rng = random.Random(f"{seed}:{sid}:{x},{y}")
+        for sc, ((x, y), tile) in tiles:
+            where = f"{x},{y}" + (f"x{sc}" if sc > 1 else "")
+            rng = random.Random(f"{seed}:{sid}:{where}")
             out[split_of[sid]].append(ImageText(png_bytes(Image.fromarray(tile)),
                                                 demo_caption(cls, rng, synonyms, concepts), CLASSES.index(cls),
-                                                CLASS_INFO[cls][0], f"{sid}.tiff@{x},{y}"))
+                                                CLASS_INFO[cls][0], f"{sid}.tiff@{where}"))
     return out, [CLASS_INFO[k][0] for k in CLASSES]
 
 

@@ -277,7 +277,7 @@ def demo_vl_corpus(cfg, tiles: tuple[dict, list[str]] | None = None,
     tiles: demo_tile_captions(cfg)'s result when the caller already has it."""
     from data_prep.demo.synth import CLASSES
     from data_prep.image_text import _pathology_kg, caption_vocabulary, demo_tile_captions
-    splits, names = tiles if tiles is not None else demo_tile_captions(cfg)
+    splits, names = tiles if tiles is not None else demo_tile_captions(cfg, scales=tuple(cfg.vl.demo_tile_scales))
     synonyms, _ = caption_vocabulary(_pathology_kg(cfg))
     seed = int(cfg.run.seed)
     out = {stage: {s: [] for s in splits} for stage in STAGES}

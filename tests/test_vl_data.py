@@ -227,3 +227,24 @@ def test_build_vl_data(demo, tmp_path):
         build_vl_data(str(tmp_path / "x"), {"sft": {"train": corpus["caption"]["train"]}})
     with pytest.raises(UserError, match="unknown stage"):
         build_vl_data(str(tmp_path / "y"), {"grpo": {}})
+
+
+def test_demo_tiles_at_two_scales(demo):
+    """A ×2 tile covers twice the field of view, downsampled to the same size: it matches a
+    box-filtered 2× region of level 0 (the same tissue, half the resolution)."""
+    from data_prep.image_text import _slide_tiles
+    cfg, _, (splits, _), root = demo
+    path = str(root / "cache" / "corpus-s0-n12" / "slides" / "demo-000.tiff")
+    one = _slide_tiles(path, 32, 2, np.random.default_rng(0), 1)
+    two = _slide_tiles(path, 32, 2, np.random.default_rng(0), 2)
+    assert all(t.shape == (32, 32, 3) for _, t in one + two)
+    from pathreasoner_jax.slides.reader import open_slide
+    slide = open_slide(path)
+    try:
+        (x, y), tile = two[0]
+        boxes = [np.asarray(slide.read_region((x + d, y), 0, (64, 64)).convert("RGB"), np.float32)
+                 .reshape(32, 2, 32, 2, 3).mean((1, 3)) for d in (0, 64)]
+    finally:
+        slide.close()
+    same, shifted = (np.abs(b - tile.astype(np.float32)).mean() for b in boxes)
+    assert same < 12.0 and same < shifted  # bicubic vs box filter of the same region; not of its neighbour

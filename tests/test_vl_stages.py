@@ -66,7 +66,9 @@ def _paths(state):
     return {tuple(str(p) for p in path): np.asarray(v.get_value()) for path, v in nnx.to_flat_state(state)}
 
 
-@pytest.mark.parametrize("mode", PRETRAIN_MODES)
+# vision+projector sits between the other two (suite budget: slow)
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=pytest.mark.slow) if m == "vision+projector" else m
+                                  for m in PRETRAIN_MODES])
 def test_pretrain_modes_train_only_their_modules(mode):
     mesh = make_mesh(1, 1, 1, jax.devices()[:1])
     model = tiny_vl()

@@ -255,6 +255,7 @@ RULES: dict = {
     "vl.max_patches": (at_least(4), Pred(lambda v: v % 4 == 0, "must be a multiple of 4 (2 × 2 merge units)")),
     "vl.max_len": at_least(16),
     "vl.splits": SPLIT_FRACTIONS,
+    "vl.demo_tile_scales": (non_empty(), each(count)),
     "vl.init_hidden": (at_least(8), relation(["vl.init_heads"], lambda h, n: h % n == 0 and (h // n) % 2 == 0,
                                             "must be an even multiple of {0} (head_dim is even)")),
     "vl.init_layers": count,

@@ -280,6 +280,7 @@ class VLConfig:
     image_root: str = ""  # base of relative image paths ("" : each file's folder)
     splits: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train/val/test of imported records
     demo_shuffle_options: bool = True  # the demo MCQs' options shuffled per question (false: in class order)
+    demo_tile_scales: list[int] = field(default_factory=lambda: [1])  # fields of view (× clip.demo_tile_size px)
     # vl-init (demo): a random Qwen2.5-VL of these sizes, written as a HF folder
     init_hidden: int = 64
     init_layers: int = 2
