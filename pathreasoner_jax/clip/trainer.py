@@ -30,13 +30,12 @@ from pathreasoner_jax.metrics_log import MetricsLogger, print0
 from pathreasoner_jax.run_layout import CLIP, RunLayout
 from pathreasoner_jax.sharding import mesh_from_config
 from pathreasoner_jax.train.stage import NonFiniteGuard, shard_rows
+from pathreasoner_jax.train.stage import host_rows as _host_rows
 
 
 def host_rows(batch: dict) -> dict:
-    """This process's share of the global batch's rows (all of them on one host)."""
-    n, p = jax.process_count(), jax.process_index()
-    rows = len(batch["pixels"]) // n
-    return {k: v[p * rows:(p + 1) * rows] for k, v in batch.items() if k != "labels"}
+    """This process's share of the global batch's rows (the labels stay on the host)."""
+    return _host_rows({k: v for k, v in batch.items() if k != "labels"})
 
 
 def train_clip(cfg, force: bool = False, stop_after: int | None = None) -> str:

@@ -88,6 +88,15 @@ def finish(rt, stage: str, finished: bool, info: dict) -> None:
         rt.layout.mark_done(stage, info)
 
 
+def host_rows(batch):
+    """This process's share of a global batch's rows (a tree of arrays; rows split evenly
+    over processes in order; all of them on one host)."""
+    n, p = jax.process_count(), jax.process_index()
+    if n == 1:
+        return batch
+    return jax.tree.map(lambda v: v[p * (len(v) // n):(p + 1) * (len(v) // n)], batch)
+
+
 def shard_rows(batch: dict, mesh) -> dict:
     """Host-local rows (a tree of arrays) → global arrays split over (data, fsdp)."""
     sharding = NamedSharding(mesh, P(("data", "fsdp")))

@@ -11,7 +11,7 @@
 
 Each stage starts from the previous finished one (`RunLayout.vl_init`); batches are a
 function of (seed, step), so an interrupted stage resumes from its last checkpoint with
-the same batches. The same SFTStep / GRPOStep as the slide model, so steps are jitted
+the same batches; each process places its share of a batch's rows (`host_rows`). The same SFTStep / GRPOStep as the slide model, so steps are jitted
 with explicit shardings, micro-batch exact, and skip non-finite updates.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathreasoner_jax.models.layers import LoRAParam
 from pathreasoner_jax.sft.loss import sft_loss
 from pathreasoner_jax.sft.step import SFTStep
 from pathreasoner_jax.train.params import init_opt_state, make_optimizer
-from pathreasoner_jax.train.stage import NonFiniteGuard, resume, shard_rows
+from pathreasoner_jax.train.stage import NonFiniteGuard, host_rows, resume, shard_rows
 from pathreasoner_jax.vl.encode import collate
 from pathreasoner_jax.vl.mcq import mcq_rewards
 from pathreasoner_jax.vl.records import LETTERS, VLStore
@@ -129,7 +129,7 @@ def train_supervised(rt, stage: str, force: bool = False, stop_after: int | None
     try:
         for k in range(start, total):
             t0 = time.perf_counter()
-            batch = shard_rows(batch_at(k), rt.mesh)
+            batch = shard_rows(host_rows(batch_at(k)), rt.mesh)
             if jitted is None:
                 bar.compiling("the train step")
                 jitted = step_fn.jitted(trainable, frozen, opt_state, batch)
@@ -180,7 +180,7 @@ class MCQPrompts:
         if all(r.kind == "mcq" for r in recs):
             out["answer"] = np.asarray([LETTERS.index(r.answer) for r in recs], np.int32)
             out["num_options"] = np.asarray([len(r.options) for r in recs], np.int32)
-        return shard_rows(out, self.rt.mesh) if place else out
+        return shard_rows(host_rows(out), self.rt.mesh) if place else out
 
 
 def completions_text(tokenizer, rollout: dict) -> list[str]:
