@@ -31,10 +31,11 @@ def _reward_jax(tokens, mask, g):
     return group_advantages(r.astype(jnp.float32), g, "group")[0]
 
 
-def _ours(cfg, model, model_cfg, mesh, batch_np, g: int, n: int, recompute_old: bool = False):
+def _ours(cfg, model, model_cfg, mesh, batch_np, g: int, n: int, shared_prefix: bool = True):
     """Our step as `grpo_iteration` runs it: with μ = 1 (and no KL folded into the rewards)
-    the update takes its old log-probs from its own forward; `recompute_old` runs the
-    separate old-log-prob pass anyway (the implementation before that change)."""
+    the update takes its old log-probs from its own forward; the reference pass and the
+    update run each prompt once and its G completions over its KV (`shared_prefix`; False:
+    G full rows per prompt, the implementation before that change)."""
     from pathreasoner_jax.generate import SamplingParams, sample
     from pathreasoner_jax.grpo.step import assemble, make_grpo_step
     from pathreasoner_jax.train.params import trainable_filter
@@ -43,7 +44,7 @@ def _ours(cfg, model, model_cfg, mesh, batch_np, g: int, n: int, recompute_old: 
     step, train, frozen, opt, ref = make_grpo_step(model, gc, trainable_filter(cfg.sft, model_cfg.lora.enabled),
                                                    mesh, model_cfg.lora.enabled)
     lp_fn, ref_fn, upd_fn = step.jit_all(train, frozen, opt)
-    on_policy = gc.inner_epochs == 1 and gc.kl_mode != "reward" and not recompute_old
+    on_policy = gc.inner_epochs == 1 and gc.kl_mode != "reward"
     on_policy_fn = step.jit_on_policy_update(train, frozen, opt) if on_policy else None
     params = SamplingParams(max_new_tokens=n, temperature=gc.temperature, top_p=gc.top_p, top_k=gc.top_k,
                             group_size=g, shared_prefix=True)
@@ -65,7 +66,7 @@ def _ours(cfg, model, model_cfg, mesh, batch_np, g: int, n: int, recompute_old: 
         roll = mark("rollout", sample(policy, prompts["ids"], prompts["text_valid"], prompts["features"],
                                       prompts["patch_valid"], jax.random.key(i), params=params, eos_id=-1, pad_id=0))
         adv = mark("reward", reward(roll["tokens"], roll["mask"], g))
-        seq = assemble(prompts, roll, g, image_id)
+        seq = assemble(prompts, roll, g, image_id, shared_prefix)
         old = None if on_policy else lp_fn(state["train"], frozen, seq, None)
         mark("old_logprobs", old)
         refp = mark("ref_logprobs", ref_fn(ref, frozen, seq))
@@ -157,7 +158,7 @@ def bench_grpo(cfg, baseline: str = "") -> dict:
     graphdef, weights = nnx.split(model)  # own buffers: each side's update donates its weights
     twin = nnx.merge(graphdef, jax.tree.map(jnp.copy, weights))
     sides = {"ours": _ours(cfg, model, model_cfg, mesh, batch_np, g, n),
-             "ours_recompute_old": _ours(cfg, twin, model_cfg, mesh, batch_np, g, n, recompute_old=True), **sides}
+             "ours_full_rows": _ours(cfg, twin, model_cfg, mesh, batch_np, g, n, shared_prefix=False), **sides}
     rounds = {name: [] for name in sides}
     for r in range(cfg.bench.warmup + cfg.bench.repeats):
         for name, fn in sides.items():

@@ -68,7 +68,8 @@ def next_positions(positions, valid_bt) -> jax.Array:
     return jnp.max(jnp.where(valid_bt, p, -1), axis=1) + 1
 
 
-def _last_valid(x_btd, valid_bt):
+def last_valid(x_btd, valid_bt):
+    """(B, D): each row's state at its last valid token."""
     idx = jnp.maximum(valid_bt.shape[1] - 1 - jnp.argmax(valid_bt[:, ::-1], axis=1), 0)
     return jnp.take_along_axis(x_btd, idx[:, None, None], axis=1)[:, 0]
 
@@ -95,13 +96,13 @@ def sample_fn(model, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, key, *
         hidden, prefix = llm(x, pos, valid, ctx, prefix)
         prefix_kv = {"k": prefix["k"], "v": prefix["v"], "valid": prefix["kv_valid"]}
         cache = init_cache(llm.d, rows * g, n, ctx.dtype)
-        first_logits = jnp.repeat(llm.logits(_last_valid(hidden, valid)), g, 0)
+        first_logits = jnp.repeat(llm.logits(last_valid(hidden, valid)), g, 0)
         prompt_len = jnp.repeat(prompt_len, g, 0)
     else:
         prefix_kv = None
         cache = init_cache(llm.d, rows, t + n, ctx.dtype)
         hidden, cache = llm(x, pos, valid, ctx, cache)
-        first_logits = llm.logits(_last_valid(hidden, valid))
+        first_logits = llm.logits(last_valid(hidden, valid))
     b = first_logits.shape[0]
     tok0, lp0 = _choose(first_logits, key, 0, p)
     tokens = jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(tok0)

@@ -11,4 +11,10 @@
 - `sft`: one SFT step with torch AdamW, warm-up + cosine, grad-norm clipping.
 - `rollout`: the reference's rollout: HF `generate` with each prompt repeated G times.
 - `rewards`: the reference's reward loop: decode, regex, Aho-Corasick per completion.
+
+Importing the package makes torchvision importable beside the CPU torch first
+(`torchvision_cpu`): transformers imports it whenever it is installed.
 """
+from benchmarks.torch_baseline.torchvision_cpu import ensure_torchvision_importable
+
+ensure_torchvision_importable()

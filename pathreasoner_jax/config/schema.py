@@ -177,6 +177,9 @@ class GRPOConfig:
     kl_beta: float = 0.04
     inner_epochs: int = 2
     micro_batches: int = 1  # log-prob passes and updates in this many row splits (gradient accumulation)
+    # log-prob passes and updates run each prompt (slide tokens + question) once and its G
+    # completions over its KV, as the rollout does (grpo/step.py); false: G full rows per prompt
+    shared_prefix_update: bool = True
     disable_dropout: bool = True  # dropout off in rollouts, old log-probs and updates (as verl)
     adv_scale: str = "group"  # group | batch | none
     dynamic_sampling: bool = False

@@ -90,7 +90,7 @@ def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int
         state.jitted = (*step.jit_all(state.trainable, state.frozen, state.opt_state),
                         step.jit_on_policy_update(state.trainable, state.frozen, state.opt_state))
     lp_fn, ref_fn, upd_fn, on_policy_fn = state.jitted
-    seq = assemble(prompts, rollout, g, ids.image)
+    seq = assemble(prompts, rollout, g, ids.image, cfg.shared_prefix_update)
     # one dropout key for old log-probs and every inner epoch: the first ratio is exactly 1
     rng = None if cfg.disable_dropout else jax.random.fold_in(key, 10_000)
     # μ = 1: the update's own forward gives the old log-probs (no separate pass), unless the

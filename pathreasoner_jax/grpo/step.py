@@ -29,11 +29,19 @@ from pathreasoner_jax.train.micro import accumulate_grads, merge_rows, micro_key
 from pathreasoner_jax.train.params import finite_or_keep, init_opt_state, is_abstract, make_optimizer
 
 
-def assemble(prompt: dict, rollout: dict, group: int, image_id: int) -> dict:
-    """Prompt batch (B rows) + rollout (B·G rows) → training rows (B·G, Tp + N).
+def assemble(prompt: dict, rollout: dict, group: int, image_id: int, shared_prefix: bool = True) -> dict:
+    """Prompt batch (B rows) + rollout (B·G rows) → what the log-prob passes and the update take.
 
-    Only the prompt's image tokens are slide slots; the id in a completion is plain text.
+    shared_prefix: {"prompt": the B prompts, "completion" (B·G, N) tokens, "completion_valid"
+    (B·G, N), "mask" (B·G, N) loss mask}; each prompt runs once and its G completions attend
+    to its KV (`shared_prefix_hidden`), as in the rollout. Otherwise B·G full rows (Tp + N),
+    each prompt repeated G times. Only the prompt's image tokens are slide slots; the id in a
+    completion is plain text.
     """
+    if shared_prefix:
+        return {"prompt": {k: prompt[k] for k in ("ids", "text_valid", "features", "patch_valid")},
+                "completion": rollout["tokens"], "completion_valid": rollout["mask"],
+                "mask": rollout["mask"].astype(jnp.float32)}
     rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
     slots = prompt["ids"] == image_id
     return {"ids": jnp.concatenate([rep(prompt["ids"]), rollout["tokens"]], 1),
@@ -43,8 +51,29 @@ def assemble(prompt: dict, rollout: dict, group: int, image_id: int) -> dict:
             "mask": rollout["mask"].astype(jnp.float32)}
 
 
+def shared_prefix_hidden(model, seq: dict, ctx) -> jax.Array:
+    """(B·G, N, D) hidden states that predict the completion tokens, each of the B prompts
+    run once: its KV is the prefix its G completions attend to (the sampler's layout, so
+    these are the sampler's computations, and the slide tokens are not recomputed G times)."""
+    from pathreasoner_jax.generate import last_valid, next_positions
+    from pathreasoner_jax.models.qwen2 import init_cache
+    p, comp, llm = seq["prompt"], seq["completion"], model.llm
+    x, valid, pos = model.inputs(p["ids"], p["text_valid"], p["features"], p["patch_valid"], ctx)
+    (b, tp), (r, n) = valid.shape, comp.shape
+    g = r // b
+    hidden_p, prefix = llm(x, pos, valid, ctx, init_cache(llm.d, b, tp, ctx.dtype))
+    prefix_kv = {"k": prefix["k"], "v": prefix["v"], "valid": prefix["kv_valid"]}
+    cpos = jnp.repeat(next_positions(pos, valid), g)[:, None] + jnp.arange(n)[None]
+    hidden_c, _ = llm(llm.embed(comp, ctx), cpos, seq["completion_valid"], ctx, init_cache(llm.d, r, n, ctx.dtype),
+                      prefix_kv)
+    first = jnp.repeat(last_valid(hidden_p, valid), g, axis=0)[:, None]  # the prompt's last state predicts token 0
+    return jnp.concatenate([first, hidden_c[:, :-1]], axis=1)
+
+
 def completion_logits(model, seq: dict, ctx, n_new: int, temperature: float):
     """(B, N, V) fp32 logits / T at the positions that predict the completion tokens."""
+    if "prompt" in seq:
+        return model.llm.logits(shared_prefix_hidden(model, seq, ctx)) / temperature
     hidden, _ = model(seq["ids"], seq["text_valid"], seq["features"], seq["patch_valid"], ctx,
                       image_slots_bt=seq["image_slots"])
     t_total = seq["ids"].shape[1]
@@ -52,10 +81,38 @@ def completion_logits(model, seq: dict, ctx, n_new: int, temperature: float):
     return model.llm.logits(h) / temperature
 
 
+def completion_tokens(seq: dict, n_new: int) -> jax.Array:
+    return seq["completion"] if "prompt" in seq else seq["ids"][:, -n_new:]
+
+
 def completion_logprobs(model, seq: dict, ctx, n_new: int, temperature: float):
     logits = completion_logits(model, seq, ctx, n_new, temperature)
-    targets = seq["ids"][:, -n_new:]
+    targets = completion_tokens(seq, n_new)
     return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+
+
+def _grouped(tree, groups: int):
+    """(B·G, ...) leaves → (B, G, ...), so that micro-batches split whole prompts."""
+    return jax.tree.map(lambda x: x.reshape((groups, x.shape[0] // groups) + x.shape[1:]), tree)
+
+
+def _flat(tree):
+    return jax.tree.map(lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:]), tree)
+
+
+def by_prompt(seq: dict, *rows):
+    """Shared-prefix rows in prompt-major groups (`split_rows` then splits prompts, not
+    completions): → (tree, unpack) with unpack(micro-batch) → (seq, *rows) flat again."""
+    if "prompt" not in seq:
+        return (seq, *rows), lambda mb: mb
+    b = seq["prompt"]["ids"].shape[0]
+    per_row = {k: v for k, v in seq.items() if k != "prompt"}
+    tree = (seq["prompt"], _grouped(per_row, b), _grouped(rows, b))
+
+    def unpack(mb):
+        prompt, per, rs = mb
+        return ({"prompt": prompt, **_flat(per)}, *_flat(rs))
+    return tree, unpack
 
 
 @dataclass
@@ -87,12 +144,17 @@ class GRPOStep:
         """Log-probs over the `micro_batches` splits of the rows, merged back to (B, N): one
         micro-batch's logits live at a time. Micro-batch i's key is the one `update` gives it,
         so old log-probs and the first inner epoch see the same dropout."""
+        tree, unpack = by_prompt(seq)
+
         def one(xs):
             mb, i = xs
+            (rows,) = unpack(mb)
             model = nnx.merge(self.graphdef, trainable, frozen)
-            return completion_logprobs(model, mb, ctx_of(model, micro_key(rng, i)), self.n_new, self.temperature)
+            out = completion_logprobs(model, rows, ctx_of(model, micro_key(rng, i)), self.n_new, self.temperature)
+            return _grouped(out, mb[0]["ids"].shape[0]) if "prompt" in seq else out
         m = self.micro_batches
-        return merge_rows(jax.lax.map(one, (split_rows(seq, m), jnp.arange(m))), m)
+        out = merge_rows(jax.lax.map(one, (split_rows(tree, m), jnp.arange(m))), m)
+        return _flat(out) if "prompt" in seq else out
 
     def update(self, trainable, frozen, opt_state, seq, old_logp, ref_logp, adv, rng):
         """One optimizer step on all rows, accumulated over `micro_batches`: the loss is
@@ -100,11 +162,13 @@ class GRPOStep:
         `old_logp` None: on-policy (μ = 1) — the old log-probs are this forward's own,
         stop-gradient (as TRL does for one iteration), so no separate pass computes them
         and the ratio is exactly 1, dropout included."""
+        tree, unpack = by_prompt(seq, old_logp, ref_logp, adv)
+
         def micro_loss(t, mb, key):
-            rows, old, ref, a = mb
+            rows, old, ref, a = unpack(mb)
             model = nnx.merge(self.graphdef, t, frozen)
             logits = completion_logits(model, rows, model.ctx(rng=key), self.n_new, self.temperature)
-            targets = rows["ids"][:, -self.n_new:]
+            targets = completion_tokens(rows, self.n_new)
             logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
             if old is None:
                 old = jax.lax.stop_gradient(logp)
@@ -115,8 +179,7 @@ class GRPOStep:
             m["entropy"] = jnp.sum(ent * rows["mask"]) / jnp.maximum(jnp.sum(rows["mask"]), 1.0)
             return s, (d, m)
 
-        gsum, lsum, dsum, ms = accumulate_grads(micro_loss, trainable, (seq, old_logp, ref_logp, adv),
-                                                self.micro_batches, rng)
+        gsum, lsum, dsum, ms = accumulate_grads(micro_loss, trainable, tree, self.micro_batches, rng)
         denom = jnp.maximum(dsum, 1e-8)
         loss, grads = lsum / denom, jax.tree.map(lambda g: g / denom, gsum)
         metrics = _token_weighted(ms)

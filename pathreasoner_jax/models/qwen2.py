@@ -237,16 +237,15 @@ class Qwen2(nnx.Module):
         self_slot = k_slot[None, :] == q_slot[:, None]
         mask = (causal[None] & kv_valid[:, None, :]) | self_slot[None]
         mask = mask[:, None]  # (B,1,T,S)
-        layer_fn = _remat_layer if self.d.remat and cache is None else _call_layer
+        # remat also with a cache (GRPO's shared-prefix passes train through it), not for
+        # one-token decode steps, which are never differentiated
+        layer_fn = _remat_layer if self.d.remat and t > 1 else _call_layer
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else {"k": cache["k"][i], "v": cache["v"][i]}
             layer_prefix = None if prefix is None else {
                 "k": prefix["k"][i], "v": prefix["v"][i], "valid": prefix["valid"]}
-            if layer_prefix is None:
-                x, c = layer_fn(layer, x, positions_bt, mask, ctx, layer_cache, index)
-            else:
-                x, c = layer(x, positions_bt, mask, ctx, layer_cache, index, layer_prefix)
+            x, c = layer_fn(layer, x, positions_bt, mask, ctx, layer_cache, index, layer_prefix)
             if c is not None:
                 new_k.append(c["k"])
                 new_v.append(c["v"])
@@ -257,11 +256,11 @@ class Qwen2(nnx.Module):
                    "index": cache["index"] + t}
 
 
-def _call_layer(layer, x, positions, mask, ctx, cache, index):
-    return layer(x, positions, mask, ctx, cache, index)
+def _call_layer(layer, x, positions, mask, ctx, cache, index, prefix=None):
+    return layer(x, positions, mask, ctx, cache, index, prefix)
 
 
-def _remat_layer(layer, x, positions, mask, ctx, cache, index):
+def _remat_layer(layer, x, positions, mask, ctx, cache, index, prefix=None):
     # jax.checkpoint over the layer's explicit state, not nnx.remat: nnx.remat writes the
     # layer's variables back after the call, which fails for the frozen base weights of a
     # LoRA-only step (created outside the gradient trace: "Cannot mutate Param from a
@@ -269,6 +268,6 @@ def _remat_layer(layer, x, positions, mask, ctx, cache, index):
     graphdef, state = nnx.split(layer)
 
     @jax.checkpoint
-    def f(state, x, positions, mask):
-        return nnx.merge(graphdef, state)(x, positions, mask, ctx, None, 0)
-    return f(state, x, positions, mask)
+    def f(state, x, positions, mask, cache, index, prefix):
+        return nnx.merge(graphdef, state)(x, positions, mask, ctx, cache, index, prefix)
+    return f(state, x, positions, mask, cache, index, prefix)
