@@ -24,6 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pathreasoner_jax.grpo.losses import policy_loss, token_entropy
+from pathreasoner_jax.models.vlm import target_logprobs
 from pathreasoner_jax.sharding import use_mesh
 from pathreasoner_jax.train.micro import accumulate_grads, merge_rows, micro_key, split_rows
 from pathreasoner_jax.train.params import finite_or_keep, init_opt_state, is_abstract, make_optimizer
@@ -88,7 +89,7 @@ def completion_tokens(seq: dict, n_new: int) -> jax.Array:
 def completion_logprobs(model, seq: dict, ctx, n_new: int, temperature: float):
     logits = completion_logits(model, seq, ctx, n_new, temperature)
     targets = completion_tokens(seq, n_new)
-    return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+    return target_logprobs(logits, targets)
 
 
 def _grouped(tree, groups: int):
@@ -169,7 +170,7 @@ class GRPOStep:
             model = nnx.merge(self.graphdef, t, frozen)
             logits = completion_logits(model, rows, model.ctx(rng=key), self.n_new, self.temperature)
             targets = completion_tokens(rows, self.n_new)
-            logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+            logp = target_logprobs(logits, targets)
             if old is None:
                 old = jax.lax.stop_gradient(logp)
             s, d, m = policy_loss(logp, old, a, rows["mask"], clip_eps_low=self.clip_eps_low,

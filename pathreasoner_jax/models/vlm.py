@@ -82,9 +82,17 @@ class PathVLM(nnx.Module):
         return hidden, valid
 
 
+def target_logprobs(logits_btv, targets_bt):
+    """log_softmax(logits)[target] (B,T). Picked by a one-hot mask rather than a gather: the
+    gather's gradient is a scatter, which XLA:CPU runs ~4× slower than this `where`
+    (measured: the fwd+bwd of a 1152 × 4096 logit block, 103 → 84 ms); the value is the same."""
+    logp = jax.nn.log_softmax(logits_btv, -1)
+    pick = jnp.arange(logits_btv.shape[-1]) == targets_bt[..., None]
+    return jnp.sum(jnp.where(pick, logp, 0.0), -1)
+
+
 def _logprobs(llm: Qwen2, hidden_btd, targets_bt):
-    logits = llm.logits(hidden_btd)
-    return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets_bt[..., None], -1)[..., 0]
+    return target_logprobs(llm.logits(hidden_btd), targets_bt)
 
 
 def token_logprobs(llm: Qwen2, hidden_btd, targets_bt, chunk: int = 0):
