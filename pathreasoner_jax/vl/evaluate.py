@@ -14,7 +14,7 @@ from pathreasoner_jax.core.progress import Progress
 from pathreasoner_jax.eval.metrics import format_compliance
 from pathreasoner_jax.generate import SamplingParams, sample
 from pathreasoner_jax.vl.mcq import extract_letter, mcq_metrics
-from pathreasoner_jax.vl.stages import MCQPrompts, _source, completions_text
+from pathreasoner_jax.vl.stages import MCQPrompts, completions_text, vl_source
 
 
 def predict(rt, model, prompts: MCQPrompts, batch: int, new_tokens: int, label: str = "") -> list[str]:
@@ -39,7 +39,7 @@ def evaluate_vl(rt, checkpoint: str = "", tag: str = "", split: str = "") -> dic
     v = rt.cfg.vl
     split = split or v.eval_split
     model = rt.build_model(checkpoint)
-    src = _source(rt, "vl_grpo", split)
+    src = vl_source(rt, "vl_grpo", split)
     recs = [src[i] for i in range(len(src))]
     results = {"checkpoint": checkpoint or rt.model_dir, "split": split}
     for name, shuffled in (("true_images", False), ("shuffled_images", True)):
@@ -64,7 +64,7 @@ def open_ended(rt, model, split: str) -> dict:
     from pathreasoner_jax.core.errors import UserError
     from pathreasoner_jax.eval.metrics import compute_metrics
     try:
-        src = _source(rt, "vl_sft", split)
+        src = vl_source(rt, "vl_sft", split)
     except UserError:
         return {}
     recs = [src[i] for i in range(len(src))]

@@ -51,6 +51,9 @@ class VLRuntime:
                             f"{len(self.tokenizer)} tokens, the model {vocab} embeddings")
         self.encoder = VLEncoder(self.tokenizer, self.geom, cfg.vl.sft_mask_mode, cfg.vl.sft_mask_rate)
         self.image_id = self.encoder.image_id
+        if int(hf.get("image_token_id", self.image_id)) != self.image_id:
+            raise UserError(f"{self.model_dir}: config.json's image_token_id {hf['image_token_id']} is not the "
+                            f"tokenizer's <|image_pad|> ({self.image_id})")
         # the image slot of this model is <|image_pad|> (the slide model's is <image>)
         self.ids = dataclasses.replace(self.encoder_ids, image=self.image_id)
 

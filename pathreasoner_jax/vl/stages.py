@@ -72,7 +72,7 @@ def stage_rows(n: int, batch: int, seed: int, step: int, salt: int) -> np.ndarra
     return np.asarray([perms[e][i % n] for e, i in zip(epochs, idx)])
 
 
-def _source(rt, stage: str, split: str = "train"):
+def vl_source(rt, stage: str, split: str = "train"):
     d = os.path.join(rt.layout.vl_data_dir, STORE_OF[stage])
     if not os.path.isfile(os.path.join(d, "manifest.json")):
         raise UserError(f"{d}: no VL store (run `pathreasoner vl-data` first)")
@@ -102,7 +102,7 @@ def train_supervised(rt, stage: str, force: bool = False, stop_after: int | None
     if opened is None or total == 0:
         return rt.layout.checkpoint(stage)
     init_from, ck = opened
-    src = _source(rt, stage)
+    src = vl_source(rt, stage)
     model = rt.build_model(init_from)
     is_trainable = trainable_filter(stage, v)
     graphdef, trainable, frozen = nnx.split(model, is_trainable, ...)
@@ -217,7 +217,7 @@ def train_vl_grpo(rt, force: bool = False, stop_after: int | None = None) -> str
     if opened is None or g.steps == 0:
         return rt.layout.checkpoint(stage)
     init_from, ck = opened
-    prompts = MCQPrompts(rt, _source(rt, stage))
+    prompts = MCQPrompts(rt, vl_source(rt, stage))
     model = rt.build_model(init_from)  # also the frozen reference policy
     is_trainable = trainable_filter(stage, cfg.vl)
     step, trainable, frozen, opt_state, ref_trainable = make_grpo_step(model, g, is_trainable, rt.mesh, True)
