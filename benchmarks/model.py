@@ -44,9 +44,10 @@ def random_batch(vocab: int, feature_dim: int, batch: int, seq: int, patches: in
     targets = np.concatenate([ids[:, 1:], np.zeros((batch, 1), np.int32)], 1)
     weight = np.zeros((batch, seq), np.float32)
     weight[:, TEXT_BEFORE + patches:-1] = 1.0
+    from pathreasoner_jax.data.encode import loss_positions
     return {"ids": ids, "text_valid": np.ones((batch, seq), bool), "targets": targets, "loss_weight": weight,
             "features": rng.standard_normal((batch, patches, feature_dim)).astype(np.float32),
-            "patch_valid": np.ones((batch, patches), bool)}
+            "patch_valid": np.ones((batch, patches), bool), **loss_positions(weight)}
 
 
 def _setup(cfg, which: str, baseline: str):

@@ -97,6 +97,26 @@ class ExampleEncoder:
         return Example(ids, weight, patch_idx, len(prompt))
 
 
+def loss_positions(loss_weight, minimum: int = 16):
+    """numpy (B,T) weights → ("loss_pos" (B,L) int32, "loss_pos_valid" (B,L) float32): each
+    row's positions with weight > 0, padded; L a power of two ≥ the longest row (≥ minimum,
+    ≤ T), so few shapes compile. Past the loss positions every row points at position 0
+    with validity 0. The loss is the same; the fp32 logits shrink from T to L positions a row."""
+    counts = (loss_weight > 0).sum(1)
+    t = loss_weight.shape[1]
+    n = max(int(counts.max(initial=0)), 1)
+    size = minimum
+    while size < n:
+        size *= 2
+    size = min(size, t)
+    pos = np.zeros((len(loss_weight), size), np.int32)
+    ok = np.zeros((len(loss_weight), size), np.float32)
+    for i, row in enumerate(loss_weight):
+        idx = np.flatnonzero(row > 0)
+        pos[i, :len(idx)], ok[i, :len(idx)] = idx, 1.0
+    return {"loss_pos": pos, "loss_pos_valid": ok}
+
+
 def bucket(n: int, buckets: list[int]) -> int:
     """Smallest bucket ≥ n (the largest bucket when none is)."""
     fits = [b for b in sorted(buckets) if b >= n]
@@ -143,5 +163,5 @@ def collate(examples: list[Example], slides: list[SlideRecord], length_buckets: 
     targets = np.concatenate([ids[:, 1:], np.full((b, 1), pad_id, np.int32)], 1)
     loss_weight = np.concatenate([weight[:, 1:], np.zeros((b, 1), np.float32)], 1)
     batch = {"ids": ids, "text_valid": valid, "targets": targets, "loss_weight": loss_weight,
-             "features": feats, "patch_valid": pvalid}
+             "features": feats, "patch_valid": pvalid, **loss_positions(loss_weight)}
     return batch, truncated

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from pathreasoner_jax.core.errors import UserError
+from pathreasoner_jax.data.encode import loss_positions
 from pathreasoner_jax.vl.preprocess import VisionGeometry, num_image_tokens, pack_images, preprocess_image
 from pathreasoner_jax.vl.mcq import mcq_prompt
 from pathreasoner_jax.vl.records import IMAGE_PLACEHOLDER, VLRecord
@@ -162,4 +163,4 @@ def collate(examples: list[VLExample], max_len: int, max_patches: int, pad_id: i
     targets = np.concatenate([ids[:, 1:], np.full((b, 1), pad_id, np.int32)], 1)
     loss_weight = np.concatenate([weight[:, 1:], np.zeros((b, 1), np.float32)], 1)
     return {"ids": ids, "text_valid": valid, "targets": targets, "loss_weight": loss_weight,
-            "features": packed, "patch_valid": token_valid}, cut
+            "features": packed, "patch_valid": token_valid, **loss_positions(loss_weight)}, cut
