@@ -38,6 +38,9 @@ def _ms(s: float) -> str:
 
 def row(bench: str, config: str, rec: dict) -> str:
     r, sh = rec["results"], rec.get("shapes", {})
+    shown = [o for o in rec.get("overrides") or [] if not o.startswith("bench.")]
+    if shown:  # a run with overrides says which
+        config = config + "` with `" + " ".join(shown)
     if bench == "sft":
         o, t = r["ours"], r["torch"]
         shape = f"batch {sh['batch']} × {sh['seq_len']} tokens, {sh['patches']} slide tokens"

@@ -93,7 +93,7 @@ def sample_fn(model, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, key, *
     prompt_len = next_positions(pos, valid).astype(jnp.int32)
     if p.shared_prefix:
         prefix = init_cache(llm.d, rows, t, ctx.dtype)
-        hidden, prefix = llm(x, pos, valid, ctx, prefix)
+        hidden, prefix = llm(x, pos, valid, ctx, prefix, fresh_cache=True)
         prefix_kv = {"k": prefix["k"], "v": prefix["v"], "valid": prefix["kv_valid"]}
         cache = init_cache(llm.d, rows * g, n, ctx.dtype)
         first_logits = jnp.repeat(llm.logits(last_valid(hidden, valid)), g, 0)
@@ -101,7 +101,7 @@ def sample_fn(model, ids_bt, text_valid_bt, features_bpf, patch_valid_bp, key, *
     else:
         prefix_kv = None
         cache = init_cache(llm.d, rows, t + n, ctx.dtype)
-        hidden, cache = llm(x, pos, valid, ctx, cache)
+        hidden, cache = llm(x, pos, valid, ctx, cache, fresh_cache=True)
         first_logits = llm.logits(last_valid(hidden, valid))
     b = first_logits.shape[0]
     tok0, lp0 = _choose(first_logits, key, 0, p)

@@ -30,3 +30,11 @@ def test_write_replaces_only_the_block(tmp_path):
     assert main(["--results", str(tmp_path), "--write", str(doc)]) == 0
     out = doc.read_text()
     assert out.startswith("intro\n") and out.endswith("outro\n") and "old table" not in out and "0.80×" in out
+
+
+def test_a_run_with_overrides_names_them(tmp_path):
+    _sft(tmp_path / "cpu-sft-demo-1.json", "2026-12-01T00:00:00Z", True, 0.5, 0.4)
+    rec = json.loads((tmp_path / "cpu-sft-demo-1.json").read_text())
+    rec["overrides"] = ["bench.repeats=5", "model.attention_block=96"]
+    (tmp_path / "cpu-sft-demo-1.json").write_text(json.dumps(rec))
+    assert "`demo` with `model.attention_block=96`" in table(str(tmp_path))

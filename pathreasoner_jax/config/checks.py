@@ -66,6 +66,7 @@ RULES: dict = {
     "model.compute_dtype": one_of(*DTYPES),
     "model.param_dtype": one_of(*DTYPES),
     "model.attention_impl": one_of(*ATTENTION_IMPLS),
+    "model.attention_block": at_least(0, why="0: one block"),
     "model.logits_chunk": at_least(0, why="0: the whole sequence at once"),
     "model.image_token": non_empty(),
     "model.llm.vocab_size": count,

@@ -62,7 +62,7 @@ def shared_prefix_hidden(model, seq: dict, ctx) -> jax.Array:
     x, valid, pos = model.inputs(p["ids"], p["text_valid"], p["features"], p["patch_valid"], ctx)
     (b, tp), (r, n) = valid.shape, comp.shape
     g = r // b
-    hidden_p, prefix = llm(x, pos, valid, ctx, init_cache(llm.d, b, tp, ctx.dtype))
+    hidden_p, prefix = llm(x, pos, valid, ctx, init_cache(llm.d, b, tp, ctx.dtype), fresh_cache=True)
     prefix_kv = {"k": prefix["k"], "v": prefix["v"], "valid": prefix["kv_valid"]}
     cpos = jnp.repeat(next_positions(pos, valid), g)[:, None] + jnp.arange(n)[None]
     hidden_c, _ = llm(llm.embed(comp, ctx), cpos, seq["completion_valid"], ctx, init_cache(llm.d, r, n, ctx.dtype),

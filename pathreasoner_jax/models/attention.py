@@ -18,8 +18,25 @@ def _pick(impl: str, dtype) -> str | None:
     return "xla"
 
 
-def attention(q_btnh, k_bsnh, v_bsnh, mask_b1ts, impl: str = "auto"):
-    """q (B,T,N,H), k/v (B,S,K,H) with K dividing N (GQA), boolean mask (B,1,T,S)."""
+def attention(q_btnh, k_bsnh, v_bsnh, mask_b1ts, impl: str = "auto", causal_block: int = 0):
+    """q (B,T,N,H), k/v (B,S,K,H) with K dividing N (GQA), boolean mask (B,1,T,S).
+
+    causal_block > 0 (the caller guarantees query t sees no key past slot t): queries in
+    blocks of that many tokens, each over the keys up to its own end. The skipped keys are
+    masked anyway, so the result is the same; the score work halves, and XLA:CPU runs the
+    small blocks far faster than one T×T block (576 tokens, 8/2 heads: fwd+bwd 72 → 22 ms).
+    """
+    t = q_btnh.shape[1]
+    if causal_block and t > causal_block:
+        outs = []
+        for s in range(0, t, causal_block):
+            e = min(s + causal_block, t)
+            outs.append(_one(q_btnh[:, s:e], k_bsnh[:, :e], v_bsnh[:, :e], mask_b1ts[:, :, s:e, :e], impl))
+        return jnp.concatenate(outs, axis=1)
+    return _one(q_btnh, k_bsnh, v_bsnh, mask_b1ts, impl)
+
+
+def _one(q_btnh, k_bsnh, v_bsnh, mask_b1ts, impl: str):
     chosen = _pick(impl, q_btnh.dtype)
     try:
         return jax.nn.dot_product_attention(q_btnh, k_bsnh, v_bsnh, mask=mask_b1ts, implementation=chosen)

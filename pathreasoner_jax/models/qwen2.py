@@ -39,9 +39,10 @@ class Qwen2Dims:
     attention_impl: str = "auto"
     remat: bool = False
     mrope_section: tuple[int, ...] = ()  # Qwen2.5-VL's M-RoPE: frequencies per (t, h, w) axis
+    attention_block: int = 0  # query block of causal self-attention (models/attention.py); 0: one block
 
     @staticmethod
-    def from_config(llm, lora=None, attention_impl="auto", remat=False) -> "Qwen2Dims":
+    def from_config(llm, lora=None, attention_impl="auto", remat=False, attention_block=0) -> "Qwen2Dims":
         on = lora is not None and lora.enabled
         return Qwen2Dims(
             vocab_size=llm.vocab_size, hidden_size=llm.hidden_size, intermediate_size=llm.intermediate_size,
@@ -50,7 +51,7 @@ class Qwen2Dims:
             rms_norm_eps=llm.rms_norm_eps, tie_word_embeddings=llm.tie_word_embeddings,
             lora_rank=lora.rank if on else 0, lora_alpha=lora.alpha if on else 0.0,
             lora_dropout=lora.dropout if on else 0.0, lora_targets=tuple(lora.targets) if on else (),
-            attention_impl=attention_impl, remat=remat)
+            attention_impl=attention_impl, remat=remat, attention_block=attention_block)
 
 
 def positions_from_valid(valid_bt: jax.Array, offset_b: Optional[jax.Array] = None) -> jax.Array:
@@ -97,7 +98,7 @@ class Attention(nnx.Module):
         self.o_proj = lin("o_proj", nh * hd, dm, ("q_heads", "embed"), False)
 
     def __call__(self, x_btd, positions_bt, mask_b1ts, ctx: Ctx, cache: Optional[dict], index,
-                 prefix: Optional[dict] = None):
+                 prefix: Optional[dict] = None, causal_from_zero: bool = False):
         d = self.d
         b, t, _ = x_btd.shape
         q = self.q_proj(x_btd, ctx).reshape(b, t, d.num_heads, d.head_dim)
@@ -122,7 +123,9 @@ class Attention(nnx.Module):
             # needs nothing: every device multiplies its query block by all keys.)
             k, v = (constrain(a, ("batch", "kv_length", "act_kv_heads", None)) for a in (k, v))
         if prefix is None:
-            out = attention(q, k, v, mask_b1ts, impl=d.attention_impl)
+            # query blocks need slot i to be token i (no cache, or a cache filled from slot 0)
+            block = d.attention_block if causal_from_zero and context_size() == 1 else 0
+            out = attention(q, k, v, mask_b1ts, impl=d.attention_impl, causal_block=block)
         else:
             out = shared_prefix_attention(q, prefix["k"].astype(q.dtype), prefix["v"].astype(q.dtype),
                                           prefix["valid"], k, v, mask_b1ts[:, 0])
@@ -151,8 +154,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(d.hidden_size, d.rms_norm_eps, param_dtype)
         self.mlp = MLP(d, rngs, param_dtype)
 
-    def __call__(self, x, positions_bt, mask_b1ts, ctx: Ctx, cache, index, prefix=None):
-        h, new_cache = self.self_attn(self.input_layernorm(x), positions_bt, mask_b1ts, ctx, cache, index, prefix)
+    def __call__(self, x, positions_bt, mask_b1ts, ctx: Ctx, cache, index, prefix=None, causal_from_zero=False):
+        h, new_cache = self.self_attn(self.input_layernorm(x), positions_bt, mask_b1ts, ctx, cache, index, prefix,
+                                      causal_from_zero)
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x), ctx)
         return constrain(x, ("batch", "length", "act_embed")), new_cache
@@ -212,7 +216,7 @@ class Qwen2(nnx.Module):
         return constrain(out, ("batch", "act_vocab") if out.ndim == 2 else ("batch", "length", "act_vocab"))
 
     def __call__(self, x_btd, positions_bt, valid_bt, ctx: Ctx, cache: Optional[dict] = None,
-                 prefix: Optional[dict] = None):
+                 prefix: Optional[dict] = None, fresh_cache: bool = False):
         """Returns (final hidden (B,T,D), updated cache or None).
 
         Without a cache: causal attention over the T tokens, keys masked by `valid_bt`.
@@ -221,6 +225,8 @@ class Qwen2(nnx.Module):
         With a shared `prefix` ({"k","v": per layer (B', S, K, H), "valid": (B', S)}, the
         batch being B' groups of G rows): each row also attends to its group's prefix,
         which is stored once, not G times.
+        `fresh_cache`: the cache is empty (index 0), so slot i is token i and causal
+        attention may run in query blocks (`attention_block`), as without a cache.
         """
         b, t, _ = x_btd.shape
         x = constrain(x_btd.astype(ctx.dtype), ("batch", "length", "act_embed"))
@@ -240,12 +246,13 @@ class Qwen2(nnx.Module):
         # remat also with a cache (GRPO's shared-prefix passes train through it), not for
         # one-token decode steps, which are never differentiated
         layer_fn = _remat_layer if self.d.remat and t > 1 else _call_layer
+        from_zero = cache is None or fresh_cache
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else {"k": cache["k"][i], "v": cache["v"][i]}
             layer_prefix = None if prefix is None else {
                 "k": prefix["k"][i], "v": prefix["v"][i], "valid": prefix["valid"]}
-            x, c = layer_fn(layer, x, positions_bt, mask, ctx, layer_cache, index, layer_prefix)
+            x, c = layer_fn(layer, x, positions_bt, mask, ctx, layer_cache, index, layer_prefix, from_zero)
             if c is not None:
                 new_k.append(c["k"])
                 new_v.append(c["v"])
@@ -256,11 +263,11 @@ class Qwen2(nnx.Module):
                    "index": cache["index"] + t}
 
 
-def _call_layer(layer, x, positions, mask, ctx, cache, index, prefix=None):
-    return layer(x, positions, mask, ctx, cache, index, prefix)
+def _call_layer(layer, x, positions, mask, ctx, cache, index, prefix=None, from_zero=False):
+    return layer(x, positions, mask, ctx, cache, index, prefix, from_zero)
 
 
-def _remat_layer(layer, x, positions, mask, ctx, cache, index, prefix=None):
+def _remat_layer(layer, x, positions, mask, ctx, cache, index, prefix=None, from_zero=False):
     # jax.checkpoint over the layer's explicit state, not nnx.remat: nnx.remat writes the
     # layer's variables back after the call, which fails for the frozen base weights of a
     # LoRA-only step (created outside the gradient trace: "Cannot mutate Param from a
@@ -269,5 +276,5 @@ def _remat_layer(layer, x, positions, mask, ctx, cache, index, prefix=None):
 
     @jax.checkpoint
     def f(state, x, positions, mask, cache, index, prefix):
-        return nnx.merge(graphdef, state)(x, positions, mask, ctx, cache, index, prefix)
+        return nnx.merge(graphdef, state)(x, positions, mask, ctx, cache, index, prefix, from_zero)
     return f(state, x, positions, mask, cache, index, prefix)

@@ -34,7 +34,7 @@ class Projector(nnx.Module):
 class PathVLM(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, image_token_id: int):
         pd = DTYPES[cfg.param_dtype]
-        self.dims = Qwen2Dims.from_config(cfg.llm, cfg.lora, cfg.attention_impl, cfg.remat)
+        self.dims = Qwen2Dims.from_config(cfg.llm, cfg.lora, cfg.attention_impl, cfg.remat, cfg.attention_block)
         self.slide_encoder = LongNet(cfg.slide, rngs, pd)
         self.projector = Projector(cfg.slide.width, cfg.llm.hidden_size, rngs, pd)
         self.llm = Qwen2(self.dims, rngs, pd)

@@ -77,10 +77,11 @@ def llm_config(c: dict, hf_dir: str = "") -> LLMConfig:
                      max_position_embeddings=t.get("max_position_embeddings", 128000))
 
 
-def model_dims(c: dict, lora=None, attention_impl: str = "auto", remat: bool = False) -> tuple[Qwen2Dims, VisionDims]:
+def model_dims(c: dict, lora=None, attention_impl: str = "auto", remat: bool = False,
+               attention_block: int = 0) -> tuple[Qwen2Dims, VisionDims]:
     sec = mrope_section(c)
     llm = llm_config(c)
-    dims = Qwen2Dims.from_config(llm, lora, attention_impl, remat)
+    dims = Qwen2Dims.from_config(llm, lora, attention_impl, remat, attention_block)
     if 2 * sum(sec) != dims.head_dim:
         raise UserError(f"config.json: mrope_section {list(sec)} sums to {sum(sec)}, not head_dim/2 = {dims.head_dim // 2}")
     from dataclasses import replace
@@ -122,11 +123,12 @@ def checkpoint_names(dims: Qwen2Dims, v: VisionDims, llm: LLMConfig):
 
 
 def load_qwen_vl(hf_dir: str, mesh=None, lora=None, param_dtype: str = "float32", compute_dtype: str = "float32",
-                 remat: bool = False, logits_chunk: int = 0, attention_impl: str = "auto", seed: int = 0) -> QwenVL:
+                 remat: bool = False, logits_chunk: int = 0, attention_impl: str = "auto", seed: int = 0,
+                 attention_block: int = 0) -> QwenVL:
     """A QwenVL with the directory's weights, built in its shardings (LoRA adapters, if any, initialised)."""
     from pathreasoner_jax.models.factory import create_sharded
     c = read_config(hf_dir)
-    dims, vdims = model_dims(c, lora, attention_impl, remat)
+    dims, vdims = model_dims(c, lora, attention_impl, remat, attention_block)
     llm = llm_config(c, hf_dir)
     files = {_saved_name(k): (f, k) for k, f in open_checkpoint_files(hf_dir).items()}  # → (file, its name)
     pd = DTYPES[param_dtype]

@@ -63,7 +63,8 @@ class VLRuntime:
         from pathreasoner_jax.vl.convert import load_qwen_vl
         v = self.cfg.vl
         model = load_qwen_vl(self.model_dir, self.mesh, lora_config(self.cfg), v.param_dtype, v.compute_dtype,
-                             v.remat, self.cfg.model.logits_chunk, seed=self.cfg.run.seed)
+                             v.remat, self.cfg.model.logits_chunk, seed=self.cfg.run.seed,
+                             attention_block=self.cfg.model.attention_block)
         if checkpoint:
             restore_params(checkpoint, model)
         return model
