@@ -30,6 +30,17 @@ def batch():
     return ids, att, pix, grids, vision, jnp.asarray(packed["token_valid"])
 
 
+@nnx.jit
+def _forward_logits(model, ids, valid, vision, token_valid):
+    hidden, _ = model(ids, valid, vision, token_valid, model.ctx())
+    return model.llm.logits(hidden)
+
+
+def _logits(model, ids, att, vision, token_valid):
+    """Jitted (the eager op-by-op path is slow, and once aborted a CI worker inside XLA)."""
+    return _forward_logits(model, jnp.asarray(ids), jnp.asarray(att.astype(bool)), vision, token_valid)
+
+
 def _hf_inputs(ids, att, pix, grids):
     import torch
     return dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(att), pixel_values=torch.tensor(pix),
@@ -42,7 +53,7 @@ def test_vision_tower_matches_transformers(pair, batch):
     _, _, pix, grids, vision, token_valid = batch
     with torch.no_grad():
         ref = hf.model.visual(torch.tensor(pix), grid_thw=torch.tensor(grids)).pooler_output.numpy()
-    ours = np.asarray(model.visual(vision, model.ctx()))
+    ours = np.asarray(nnx.jit(lambda m, v: m.visual(v, m.ctx()))(model, vision))
     valid = np.asarray(token_valid)
     np.testing.assert_allclose(ours[valid], ref, atol=1e-5)  # rows in order: A, B | C
 
@@ -51,7 +62,8 @@ def test_mrope_positions_match_get_rope_index(pair, batch):
     import torch
     hf, model, _ = pair
     ids, att, pix, grids, vision, token_valid = batch
-    _, valid, pos = model.inputs(jnp.asarray(ids), jnp.asarray(att.astype(bool)), vision, token_valid, model.ctx())
+    _, valid, pos = nnx.jit(lambda m, *a: m.inputs(*a, m.ctx()))(model, jnp.asarray(ids), jnp.asarray(att.astype(bool)),
+                                                                 vision, token_valid)
     ref, _ = hf.model.get_rope_index(torch.tensor(ids), torch.tensor((ids == IMAGE_ID).astype(np.int64)),
                                      image_grid_thw=torch.tensor(grids), attention_mask=torch.tensor(att))
     mask = att.astype(bool)
@@ -67,8 +79,7 @@ def test_logits_match_transformers(pair, batch):
     ids, att, pix, grids, vision, token_valid = batch
     with torch.no_grad():
         ref = hf(**_hf_inputs(ids, att, pix, grids)).logits.numpy()
-    hidden, _ = model(jnp.asarray(ids), jnp.asarray(att.astype(bool)), vision, token_valid, model.ctx())
-    ours = np.asarray(model.llm.logits(hidden))
+    ours = np.asarray(_logits(model, ids, att, vision, token_valid))
     mask = att.astype(bool)
     scale = np.abs(ref[mask]).max()
     assert np.abs(ours[mask] - ref[mask]).max() <= 1e-4 * max(scale, 1.0)
@@ -103,9 +114,9 @@ def test_import_export_import_is_bit_exact(pair, batch, tmp_path):
     hf2 = Qwen2_5_VLForConditionalGeneration.from_pretrained(out).eval()
     with torch.no_grad():
         ref = hf2(**_hf_inputs(ids, att, pix, grids)).logits.numpy()
-    hidden, _ = again(jnp.asarray(ids), jnp.asarray(att.astype(bool)), vision, token_valid, again.ctx())
     mask = att.astype(bool)
-    assert np.abs(np.asarray(again.llm.logits(hidden))[mask] - ref[mask]).max() <= 1e-4 * max(np.abs(ref).max(), 1)
+    ours = np.asarray(_logits(again, ids, att, vision, token_valid))
+    assert np.abs(ours[mask] - ref[mask]).max() <= 1e-4 * max(np.abs(ref).max(), 1)
 
 
 def test_in_memory_tensor_names_load_the_same(pair, tmp_path):
