@@ -35,11 +35,15 @@ def _both_layouts(model, prompts, g, n, is_trainable, micro, image_id):
     roll = _completions(prompts["ids"].shape[0] * g, n)
     adv = jnp.asarray(np.random.default_rng(0).standard_normal(roll["mask"].shape[0]), jnp.float32)
     out = {}
+    # jitted: the eager op-by-op path is slow (and once aborted a CI worker inside XLA dispatch)
+    logprobs = jax.jit(lambda t, f, seq: step.logprobs(t, f, seq, None))
+    ref_logprobs = jax.jit(step.ref_logprobs)
+    update = jax.jit(lambda t, f, o, seq, old, refp, adv: step.update(t, f, o, seq, old, refp, adv, None))
     for shared in (False, True):
         seq = assemble(prompts, roll, g, image_id, shared_prefix=shared)
-        old = step.logprobs(t, f, seq, None)
-        refp = step.ref_logprobs(ref, f, seq)
-        new_t, _, m = step.update(t, f, o, seq, old, refp, adv, None)
+        old = logprobs(t, f, seq)
+        refp = ref_logprobs(ref, f, seq)
+        new_t, _, m = update(t, f, o, seq, old, refp, adv)
         out[shared] = (np.asarray(old), np.asarray(refp), m, new_t)
     return out, np.asarray(roll["mask"])
 
