@@ -28,12 +28,12 @@ from flax import nnx
 from pathreasoner_jax.checkpoint import Checkpointer
 from pathreasoner_jax.core.errors import UserError
 from pathreasoner_jax.core.progress import Progress
-from pathreasoner_jax.metrics_log import MetricsLogger, print0
+from pathreasoner_jax.metrics_log import print0
 from pathreasoner_jax.models.layers import LoRAParam
 from pathreasoner_jax.sft.loss import sft_loss
 from pathreasoner_jax.sft.step import SFTStep
 from pathreasoner_jax.train.params import init_opt_state, make_optimizer
-from pathreasoner_jax.train.stage import NonFiniteGuard, host_rows, resume, shard_rows
+from pathreasoner_jax.train.stage import NonFiniteGuard, finish, host_rows, open_logger, resume, shard_rows
 from pathreasoner_jax.vl.encode import collate
 from pathreasoner_jax.vl.mcq import mcq_rewards
 from pathreasoner_jax.vl.records import LETTERS, VLStore
@@ -115,8 +115,7 @@ def train_supervised(rt, stage: str, force: bool = False, stop_after: int | None
     trainable, frozen, opt_state, meta = resume(ck, stage, graphdef, trainable, frozen, opt_state, is_trainable)
     start = meta["step"]
     guard = NonFiniteGuard(stage, "vl.max_nonfinite_steps", v.max_nonfinite_steps, ck, meta)
-    logger = MetricsLogger(rt.layout.metrics(stage), rt.layout.tensorboard(stage))
-    logger.truncate_after(start)
+    logger = open_logger(rt, stage, start)
     salt = 1 if stage == "vl_pretrain" else 2
 
     def batch_at(k):
@@ -152,8 +151,8 @@ def train_supervised(rt, stage: str, force: bool = False, stop_after: int | None
         bar.close()
         ck.close()
         logger.close()
-    if (stop_after is None or stop_after >= total or start >= total) and jax.process_index() == 0:
-        rt.layout.mark_done(stage, {"steps": total, "init_from": init_from})
+    finish(rt, stage, stop_after is None or stop_after >= total or start >= total,
+           {"steps": total, "init_from": init_from})
     return ck.directory
 
 
@@ -224,8 +223,7 @@ def train_vl_grpo(rt, force: bool = False, stop_after: int | None = None) -> str
     trainable, frozen, opt_state, meta = resume(ck, stage, step.graphdef, trainable, frozen, opt_state, is_trainable)
     start = meta["step"]
     guard = NonFiniteGuard(stage, "vl.max_nonfinite_steps", cfg.vl.max_nonfinite_steps, ck, meta)
-    logger = MetricsLogger(rt.layout.metrics(stage), rt.layout.tensorboard(stage))
-    logger.truncate_after(start)
+    logger = open_logger(rt, stage, start)
     reward_fn, state = make_mcq_reward(rt), GRPOState(trainable, frozen, opt_state, ref_trainable)
     key = jax.random.key(cfg.run.seed + 3)
     n = len(prompts.src)
@@ -252,6 +250,6 @@ def train_vl_grpo(rt, force: bool = False, stop_after: int | None = None) -> str
         bar.close()
         ck.close()
         logger.close()
-    if (stop_after is None or stop_after >= g.steps or start >= g.steps) and jax.process_index() == 0:
-        rt.layout.mark_done(stage, {"steps": g.steps, "init_from": init_from})
+    finish(rt, stage, stop_after is None or stop_after >= g.steps or start >= g.steps,
+           {"steps": g.steps, "init_from": init_from})
     return ck.directory
