@@ -74,7 +74,7 @@ def collect_items(slides_dir: str, features_dir: str) -> tuple[list[SlideItem], 
 
 def resolve_inputs(cfg) -> PrepInputs:
     d = cfg.data
-    slides_dir, reports_path = d.slides_dir, d.reports_path
+    slides_dir, reports_path, kg_path = d.slides_dir, d.reports_path, d.kg_path
     demo = demo_requested(cfg)
     if demo:
         from data_prep.demo.corpus import generate_demo_corpus
@@ -88,9 +88,15 @@ def resolve_inputs(cfg) -> PrepInputs:
             log.warning("demo corpus without CMU-1-Small-Region: %s", e)
             print(f"pathreasoner prepare: warning: {e}", flush=True)
             cmu = ""
-        corpus = generate_demo_corpus(os.path.join(cache, f"corpus-s{seed}-n{n}"), n, seed,
-                                      kg_path=d.kg_path, cmu_slide=cmu)
+        task = d.demo_task
+        if task != "basic" and d.kg_format != "pathology":
+            raise UserError(f"data.demo_task={task} extends a pathology-graph KG; data.kg_format is {d.kg_format!r}")
+        name = f"corpus-s{seed}-n{n}" if task == "basic" else f"corpus-{task}-s{seed}-n{n}"
+        corpus = generate_demo_corpus(os.path.join(cache, name), n, seed, kg_path=d.kg_path, cmu_slide=cmu,
+                                      task=task)
         slides_dir, reports_path = corpus["slides_dir"], corpus["reports_path"]
+        if task != "basic":  # the reports name the task's own entities: its KG (the demo KG + extension)
+            kg_path = os.path.join(cache, name, "kg.json")
     items, dups = collect_items(slides_dir, d.features_dir)
     if not items:
         raise UserError(f"no slide or feature files found (data.slides_dir={slides_dir!r}, "
@@ -102,5 +108,5 @@ def resolve_inputs(cfg) -> PrepInputs:
         else:
             reports = load_reports(reports_path)
     return PrepInputs(prep_dir=RunLayout(cfg).prep_dir, items=items, reports=reports, reports_path=reports_path,
-                      reference_path=reference, kg_path=d.kg_path, kg_format=d.kg_format, demo=demo,
+                      reference_path=reference, kg_path=kg_path, kg_format=d.kg_format, demo=demo,
                       duplicates=dups)

@@ -59,6 +59,8 @@ COMMANDS = {
     "vl-eval": ("pathreasoner_jax.vl.cli:run_vl_eval", "MCQ accuracy (overall, per category; true vs shuffled images)"),
     "vl-export": ("pathreasoner_jax.vl.cli:run_vl_export", "a VL stage's checkpoint → HF Qwen2.5-VL folder"),
     "bench": ("benchmarks.cli:run_bench", "benchmarks against PyTorch baselines"),
+    "ablate": ("benchmarks.ablation:run_ablate",
+               "reward and trajectory-masking ablations over seeds, with bootstrap intervals (harder demo task)"),
     "compile": ("pathreasoner_jax.pod.cli:run_compile",
                 "compile the steps for a TPU slice without one: XLA's per-chip memory, FLOPs, step time"),
     "plan": ("pathreasoner_jax.pod.cli:run_plan", "compile every mesh for a TPU slice; rank those that fit"),
@@ -172,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="folder for the results JSON (a new <device>-<bench>-<config>-<UTC time>.json per run)")
             p.add_argument("--require-quiet", action="store_true",
                            help="do not run when other processes load the machine (default: run and record it)")
+        elif name == "ablate":
+            _config_args(p, required=False)
+            p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (the first one's loss-mode SFT "
+                           "checkpoint is where every GRPO variant starts)")
+            p.add_argument("--parts", default="sft,grpo", help="sft, grpo or both (comma-separated)")
+            p.add_argument("--out", default="benchmarks/results", help="folder for the results JSON and plot")
+            p.add_argument("--render", default="", help="a results JSON: write its tables into --write and stop")
+            p.add_argument("--write", default="README.md", help="the markdown file --render updates")
         elif name in ("compile", "plan"):
             from pathreasoner_jax.pod.topology import HELP as TOPOLOGY_HELP
             _config_args(p)

@@ -198,6 +198,14 @@ def test_device_rewards_equal_python_twins(rw):
     # the random set exercises every branch
     assert 0.2 < out["format"].mean() < 0.8
     assert (out["entity"] > 0).sum() > 30 and (out["semantic"] > 0).sum() > 20
+    # the ablation's weights: total = w_f·format + w_s·semantic + alpha·entity
+    w = R.compute_rewards(jnp.asarray(ids), jnp.asarray(mask), ctx, rw["tables"], rw["lex"], jnp.asarray(ref_ids),
+                          jnp.asarray(ref_mask), alpha=0.0, beta=0.5, format_weight=1.0, semantic_weight=0.0)
+    np.testing.assert_array_equal(np.asarray(w["total"]), np.asarray(twin["format"], np.float32))
+    w = R.compute_rewards(jnp.asarray(ids), jnp.asarray(mask), ctx, rw["tables"], rw["lex"], jnp.asarray(ref_ids),
+                          jnp.asarray(ref_mask), alpha=0.25, beta=0.5, format_weight=0.5, semantic_weight=2.0)
+    want = 0.5 * np.asarray(twin["format"]) + 2.0 * np.asarray(twin["semantic"]) + 0.25 * np.asarray(twin["entity"])
+    np.testing.assert_allclose(np.asarray(w["total"]), want, atol=1e-6)
     multi = [i for i, s in enumerate(ENTITIES) if len(_enc(tok, s)) >= 3]
     assert found[:, multi].sum() >= 10  # multi-token entities found
 

@@ -1,4 +1,4 @@
-"""Procedural H&E-like slides of four tissue classes, written as pyramidal tiled TIFF.
+"""Procedural H&E-like slides of four tissue classes (and two focal textures), written as pyramidal tiled TIFF.
 
 The textures are caricatures, not histology: what matters is that each class has its
 own colour balance and structure (round glands with a nuclear rim, crowded irregular
@@ -75,11 +75,43 @@ def _glands(canvas, rng, centres, radius_range, irregular, nucleus_colour, nucle
         _stamp(canvas, np.concatenate(rim_x), np.concatenate(rim_y), nucleus_r, nucleus_colour)
 
 
-def render(cls: str, size: tuple[int, int], rng: np.random.Generator, coverage: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8 slide image of tissue class `cls` at 20× (≈ 0.5 µm/px)."""
+def render(cls: str, size: tuple[int, int], rng: np.random.Generator, coverage: float = 0.5,
+           focal: tuple[str, float] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 slide image of tissue class `cls` at 20× (≈ 0.5 µm/px).
+
+    focal: (texture, fraction): one round focus of another texture (a class of CLASSES or
+    one of FOCAL_TEXTURES) covering about that fraction of the tissue, at a random place
+    (the harder demo task's distinguishing findings, `data_prep/demo/hard.py`)."""
+    arr = _texture(cls, size, rng)
+    mask = _tissue_shape(size, rng, coverage)
+    if focal is not None:
+        kind, fraction = focal
+        arr = np.where(_focus(mask, rng, fraction)[..., None], _texture(kind, size, rng), arr)
+    out = np.where(mask[..., None], arr, np.asarray(BACKGROUND, np.int16))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+FOCAL_TEXTURES = ("dysplasia", "mucin")
+
+
+def _focus(tissue_hw: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """(H, W) bool disc inside the tissue of ≈ fraction of its area, centred on a tissue pixel."""
+    ys, xs = np.nonzero(tissue_hw)
+    if ys.size == 0:
+        return tissue_hw
+    k = int(rng.integers(ys.size))
+    r = np.sqrt(fraction * ys.size / np.pi)
+    h, w = tissue_hw.shape
+    yy, xx = np.ogrid[0:h, 0:w]
+    return tissue_hw & ((yy - ys[k]) ** 2 + (xx - xs[k]) ** 2 <= r * r)
+
+
+def _texture(cls: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) int16 tissue texture of `cls` over the whole canvas (before the tissue mask)."""
     w, h = size
     stroma = {"normal_mucosa": (236, 178, 206), "adenocarcinoma": (214, 150, 186),
-              "squamous_cell_carcinoma": (232, 138, 166), "lymphoid": (200, 170, 215)}[cls]
+              "squamous_cell_carcinoma": (232, 138, 166), "lymphoid": (200, 170, 215),
+              "dysplasia": (230, 170, 200), "mucin": (204, 210, 234)}[cls]
     c = np.empty((h, w, 3), np.uint8)
     c[...] = stroma
     area = w * h
@@ -105,7 +137,7 @@ def render(cls: str, size: tuple[int, int], rng: np.random.Generator, coverage: 
                 d.ellipse((cx - rr, cy - rr * 0.8, cx + rr, cy + rr * 0.8),
                           fill=(246, 112, 132) if i % 2 == 0 else (250, 190, 170))
         c = np.asarray(img).copy()
-    else:  # lymphoid: dense small dark nuclei with pale germinal centres
+    elif cls == "lymphoid":  # dense small dark nuclei with pale germinal centres
         img = Image.fromarray(c)
         d = ImageDraw.Draw(img)
         for _ in range(area // 400000 + 1):
@@ -113,12 +145,20 @@ def render(cls: str, size: tuple[int, int], rng: np.random.Generator, coverage: 
             d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(214, 190, 222))
         c = np.asarray(img).copy()
         _scatter(c, rng, area // 55, (2, 3, 4), (52, 30, 112))
+    elif cls == "dysplasia":  # crowded small crypts with dark, stratified nuclei
+        step = 56
+        gy, gx = np.mgrid[step // 2:h:step, step // 2:w:step]
+        centres = np.stack([gx.ravel(), gy.ravel()], 1) + rng.uniform(-10, 10, (gx.size, 2))
+        _glands(c, rng, centres, (14, 20), True, (58, 30, 108), 5, (246, 236, 244))
+        _scatter(c, rng, area // 1500, (3,), (80, 50, 130))
+    else:  # mucin: pale blue-grey lakes with a few floating strips of tumour cells
+        n = area // 40000 + 1
+        centres = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n)], 1)
+        _glands(c, rng, centres, (10, 22), True, (70, 40, 120), 4, (214, 220, 240))
+        _scatter(c, rng, area // 6000, (2,), (150, 150, 200))
     img = Image.fromarray(c).filter(ImageFilter.BoxBlur(1))
     arr = np.asarray(img).astype(np.int16)
-    arr = arr + rng.integers(-6, 7, size=(h, w, 1), dtype=np.int16)  # stain/illumination grain
-    mask = _tissue_shape(size, rng, coverage)
-    out = np.where(mask[..., None], arr, np.asarray(BACKGROUND, np.int16))
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return arr + rng.integers(-6, 7, size=(h, w, 1), dtype=np.int16)  # stain/illumination grain
 
 
 def write_pyramid_tiff(path: str, level0_hw3: np.ndarray, mpp: float | None, levels: int = 3,

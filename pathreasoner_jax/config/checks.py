@@ -125,6 +125,7 @@ RULES: dict = {
     "data.num_workers": non_negative,
     "data.splits": Pred(_fractions, "must be 1 to 3 non-negative fractions (train, val, test) summing to 1"),
     "data.demo_num_slides": count,
+    "data.demo_task": one_of("basic", "hard"),
     "data.demo_seed": at_least(-1, why="-1: run.seed"),
     "data.min_tissue_fraction": prob,
     "data.read_threads": count,
@@ -215,6 +216,8 @@ RULES: dict = {
     "grpo.max_nonfinite_steps": at_least(0, why="0: the first non-finite step stops the stage"),
     # ---------------------------------------------------------------- rewards
     "rewards.alpha": non_negative,
+    "rewards.format_weight": non_negative,
+    "rewards.semantic_weight": non_negative,
     "rewards.beta": prob,
     "rewards.semantic": one_of(*SEMANTIC_REWARDS),
     "rewards.judge_timeout_s": positive,

@@ -107,6 +107,7 @@ class DataConfig:
     demo_corpus: Optional[bool] = None  # None : build the demo corpus when no inputs are configured
     cache_dir: str = ".cache/demo"
     demo_num_slides: int = 48
+    demo_task: str = "basic"  # basic (4 classes) | hard (8, confusable pairs; data_prep/demo/hard.py)
     demo_seed: int = -1  # -1 : run.seed
     min_tissue_fraction: float = 0.25
     read_threads: int = 4
@@ -199,7 +200,10 @@ class GRPOConfig:
 
 @dataclass
 class RewardsConfig:
+    # total = format_weight·format + semantic_weight·semantic + alpha·entity (SPEC §6)
     alpha: float = 0.5
+    format_weight: float = 1.0
+    semantic_weight: float = 1.0
     beta: float = 0.5
     semantic: str = "rouge"  # rouge | judge | self
     judge_url: str = ""

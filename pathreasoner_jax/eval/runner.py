@@ -81,6 +81,13 @@ def evaluate_model(rt, model, builder, rows, slide_ids, lexicon, reward_fn, desc
     return metrics, texts
 
 
+def shuffled_slide_ids(true_ids: list[str], seed: int) -> list[str]:
+    """The shuffled-slide control: row i gets row perm[i]'s slide, never its own position's."""
+    perm = np.random.default_rng(seed).permutation(len(true_ids))
+    n = len(true_ids)
+    return [true_ids[(j + 1) % n] if j == i else true_ids[j] for i, j in enumerate(perm)]
+
+
 def final_model(rt: Runtime):
     """→ (the last trained model, its checkpoint): GRPO's, else the last SFT stage's."""
     path = rt.layout.final_checkpoint()
@@ -114,8 +121,7 @@ def run_evaluation(rt: Runtime, limit: int | None = None) -> dict:
     sampled_fn = reward_fn if cfg.eval.reward_samples > 0 else None
     lexicon = entities["entities"]
     true_ids = [s.slide_id for s in rows]
-    perm = np.random.default_rng(cfg.run.seed).permutation(len(rows))
-    shuffled_ids = [true_ids[(j + 1) % len(rows)] if j == i else true_ids[j] for i, j in enumerate(perm)]
+    shuffled_ids = shuffled_slide_ids(true_ids, cfg.run.seed)
     results, outputs = {}, {}
     ckpts = {"untrained": None, **layout.trained_checkpoints()}
     if len(ckpts) == 1:

@@ -67,6 +67,7 @@ def make_reward_fn(rt: Runtime, entities, prompts: PromptBuilder, judge_model=No
         ctx = {k: rep(batch[k]) for k in ("gt_ids", "near_ids", "near_sim")}
         return compute_rewards(rollout["tokens"], rollout["mask"], ctx, tables, lex,
                                rep(batch["ref_ids"]), rep(batch["ref_mask"]), sem, alpha=cfg.alpha,
-                               beta=cfg.beta, semantic="rouge" if judge is None else cfg.semantic)
+                               beta=cfg.beta, semantic="rouge" if judge is None else cfg.semantic,
+                               format_weight=cfg.format_weight, semantic_weight=cfg.semantic_weight)
     reward_fn.failure_counts = judge.failure_counts if judge is not None else dict
     return reward_fn

@@ -50,7 +50,8 @@ Rules (the twins implement the same ones on text):
 * `rouge`: ROUGE-L F1 = 2·LCS/(n_answer + n_reference) over token ids of the answer
   span and the reference, whitespace tokens excluded on both sides; 0 when LCS = 0 or
   there is no answer span.
-* total = format + semantic + alpha·entity.
+* total = format_weight·format + semantic_weight·semantic + alpha·entity (weights 1, 1, 0.5
+  in the paper; the ablation sets some to 0).
 """
 from __future__ import annotations
 
@@ -340,7 +341,8 @@ SEMANTIC: dict[str, Callable] = {"rouge": rouge_l}
 
 
 @partial(jax.jit, static_argnames=("semantic",))
-def _compute_rewards(ids_bt, mask_bt, ctx, tables, lex, ref_br, ref_mask_br, semantic_b, alpha, beta, semantic):
+def _compute_rewards(ids_bt, mask_bt, ctx, tables, lex, ref_br, ref_mask_br, semantic_b, alpha, beta, semantic,
+                     format_weight, semantic_weight):
     fmt = format_reward(ids_bt, mask_bt, tables)
     ent = entity_dice(entities_found(ids_bt, mask_bt, tables, lex), ctx["gt_ids"], ctx["near_ids"],
                       ctx["near_sim"], beta)
@@ -348,14 +350,15 @@ def _compute_rewards(ids_bt, mask_bt, ctx, tables, lex, ref_br, ref_mask_br, sem
         sem = SEMANTIC[semantic](ids_bt, mask_bt, ref_br, ref_mask_br, tables)
     else:
         sem = jnp.asarray(semantic_b, jnp.float32)
-    return {"format": fmt, "entity": ent, "semantic": sem, "total": fmt + sem + alpha * ent}
+    total = format_weight * fmt + semantic_weight * sem + alpha * ent
+    return {"format": fmt, "entity": ent, "semantic": sem, "total": total}
 
 
 def compute_rewards(ids_bt, mask_bt, ctx: dict, tables: TokenTables, lex: EntityTokenPatterns,
                     ref_br=None, ref_mask_br=None, semantic_b=None, *, alpha=0.5, beta=0.5,
-                    semantic: str = "rouge") -> dict:
-    """All rewards for a batch of completions → dict of (B,) float32:
-    `format`, `entity`, `semantic`, `total` (= format + semantic + alpha·entity).
+                    semantic: str = "rouge", format_weight=1.0, semantic_weight=1.0) -> dict:
+    """All rewards for a batch of completions → dict of (B,) float32: `format`, `entity`,
+    `semantic`, `total` (= format_weight·format + semantic_weight·semantic + alpha·entity).
 
     ids_bt (B,T) int completion ids; mask_bt (B,T) completion mask (incl. the first EOS);
     ctx: each row's entity context {"gt_ids" (B,K), "near_ids" (B,M), "near_sim" (B,M)}
@@ -368,4 +371,4 @@ def compute_rewards(ids_bt, mask_bt, ctx: dict, tables: TokenTables, lex: Entity
         raise ValueError(f"semantic={semantic!r} is not computed on device: pass semantic_b")
     ctx = {k: ctx[k] for k in ("gt_ids", "near_ids", "near_sim")}
     return _compute_rewards(ids_bt, mask_bt, ctx, tables, lex, ref_br, ref_mask_br, semantic_b, alpha, beta,
-                            semantic)
+                            semantic, format_weight, semantic_weight)
