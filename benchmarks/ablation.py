@@ -232,7 +232,7 @@ class Plan:
                 cmds.append((f"prior s{s}", os.path.join(self.run_dir(run), "prior.npz"), ["prior", *base]))
                 cmds.append((f"SFT loss-mode + pseudo-bag s{s}",
                              os.path.join(self.run_dir(run), "checkpoints", "sft_pseudobag", "DONE"),
-                             ["sft", *base, "sft.pseudo_bag=true", f"sft.epochs={max(1, self.cfg.sft.epochs // 2)}"]))
+                             ["sft", *base, "sft.pseudo_bag=true", f"sft.epochs={max(1, self.cfg.sft.epochs // 4)}"]))
         return cmds
 
 
@@ -351,13 +351,22 @@ def plot(summary: dict, path: str) -> None:
 README_START, README_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 
-def write_readme(results_path: str, readme: str) -> None:
+def write_readme(results_paths: list[str], readme: str) -> None:
+    """The tables of one or more results JSONs (each part from the first JSON that has it)
+    between the README's ablation markers."""
     from pathreasoner_jax.core.io import atomic_path
-    with open(results_path) as f:
-        res = json.load(f)
-    block = (f"{README_START}\n_{os.path.basename(results_path)}: {res['config']}, seeds {res['seeds']}, "
-             f"{res['n_questions']} held-out questions, {res['wall_s'] / 60:.0f} min on {res['machine']}._\n\n"
-             + render_tables(res["summary"]) + f"\n{README_END}")
+    summary, notes = {}, []
+    for path in results_paths:
+        with open(path) as f:
+            res = json.load(f)
+        parts = [p for p in ("grpo", "sft") if p in res["summary"] and p not in summary]
+        summary.update({p: res["summary"][p] for p in parts})
+        ov = f" ({' '.join(res['overrides'])})" if res.get("overrides") else ""
+        notes.append(f"{'/'.join(p.upper() for p in parts)} side: {os.path.basename(path)}, {res['config']}{ov}, "
+                     f"seeds {res['seeds']}, {res['n_questions']} held-out questions, "
+                     f"{res['wall_s'] / 60:.0f} min on {res['machine']}")
+    block = (README_START + "\n" + "".join(f"_{n}._  \n" for n in notes) + "\n" + render_tables(summary)
+             + "\n" + README_END)
     with open(readme) as f:
         text = f.read()
     if README_START in text:
@@ -372,7 +381,7 @@ def run_ablate(args) -> int:
     from benchmarks import common as C
     from pathreasoner_jax.core.io import write_json
     if args.render:
-        write_readme(args.render, args.write or "README.md")
+        write_readme([p for p in args.render.split(",") if p], args.write or "README.md")
         print(f"ablate: tables of {args.render} written into {args.write or 'README.md'}")
         return 0
     from pathreasoner_jax.core.errors import UserError

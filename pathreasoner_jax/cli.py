@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "checkpoint is where every GRPO variant starts)")
             p.add_argument("--parts", default="sft,grpo", help="sft, grpo or both (comma-separated)")
             p.add_argument("--out", default="benchmarks/results", help="folder for the results JSON and plot")
-            p.add_argument("--render", default="", help="a results JSON: write its tables into --write and stop")
+            p.add_argument("--render", default="",
+                           help="results JSON(s), comma-separated: write their tables into --write and stop")
             p.add_argument("--write", default="README.md", help="the markdown file --render updates")
         elif name in ("compile", "plan"):
             from pathreasoner_jax.pod.topology import HELP as TOPOLOGY_HELP

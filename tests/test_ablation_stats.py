@@ -60,3 +60,14 @@ def test_summary_tables_and_plot(tmp_path):
     assert abs(acc - np.mean([scores[f"GRPO (a) format s{s}"]["accuracy"] for s in seeds])) < 1e-12
     A.plot(summary, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000
+    # README block from two results files: GRPO from the first, SFT from the second
+    import json
+    for name, parts in (("g.json", ["grpo"]), ("s.json", ["sft", "grpo"])):
+        (tmp_path / name).write_text(json.dumps({"summary": {p: summary[p] for p in parts}, "config": "c.yaml",
+                                                 "seeds": seeds, "n_questions": n, "wall_s": 60, "machine": "m"}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n\n{A.README_START}\nold\n{A.README_END}\n\ntail\n")
+    A.write_readme([str(tmp_path / "g.json"), str(tmp_path / "s.json")], str(readme))
+    out = readme.read_text()
+    assert "old" not in out and out.endswith("tail\n") and out.count(A.README_START) == 1
+    assert "_GRPO side: g.json" in out and "_SFT side: s.json" in out and text in out
