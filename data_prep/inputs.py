@@ -96,7 +96,7 @@ def resolve_inputs(cfg) -> PrepInputs:
                                       task=task)
         slides_dir, reports_path = corpus["slides_dir"], corpus["reports_path"]
         if task != "basic":  # the reports name the task's own entities: its KG (the demo KG + extension)
-            kg_path = os.path.join(cache, name, "kg.json")
+            kg_path = corpus["kg_path"]
     items, dups = collect_items(slides_dir, d.features_dir)
     if not items:
         raise UserError(f"no slide or feature files found (data.slides_dir={slides_dir!r}, "

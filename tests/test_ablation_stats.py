@@ -1,7 +1,7 @@
-"""benchmarks/ablation.py's statistics and tables, against hand-computed expectations."""
+"""benchmarks/ablation_report.py's statistics and tables, against hand-computed expectations."""
 import numpy as np
 
-from benchmarks import ablation as A
+from benchmarks import ablation_report as A
 from pathreasoner_jax.eval.metrics import entity_prf
 
 

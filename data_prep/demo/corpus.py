@@ -21,47 +21,17 @@ import numpy as np
 from PIL import Image
 
 from data_prep.demo.synth import CLASSES, render, write_pyramid_tiff
+from data_prep.demo.vocabulary import CLASS_INFO, PROCEDURES, surface
 from pathreasoner_jax.core.io import atomic_path, write_json
 
 CORPUS_VERSION = 1
-CLASS_INFO = {
-    "normal_mucosa": ("normal colonic mucosa", ["regular crypt architecture", "goblet cells", "basally located nuclei",
-                                               "intact surface epithelium"], ["colon", "rectum"], []),
-    "adenocarcinoma": ("colorectal adenocarcinoma", ["irregular glands", "cribriform architecture",
-                       "nuclear pleomorphism", "hyperchromatic nuclei", "dirty necrosis", "desmoplastic stroma",
-                       "atypical mitoses"], ["colon", "rectum"], ["pT2", "pT3"]),
-    "squamous_cell_carcinoma": ("squamous cell carcinoma", ["keratin pearls", "intercellular bridges",
-                                "eosinophilic cytoplasm", "polygonal cells", "dyskeratosis", "infiltrative nests",
-                                "nuclear pleomorphism"], ["esophagus", "skin", "lung"], ["pT1", "pT2"]),
-    "lymphoid": ("reactive lymphoid hyperplasia", ["dense lymphocytic infiltrate", "lymphoid follicles",
-                 "germinal centers", "small round lymphocytes", "tingible body macrophages", "plasma cells"],
-                 ["lymph node", "tonsil"], []),
-}
-_PROCEDURES = ("biopsy", "resection", "excision")
-
-
-def surface(name: str, synonyms: dict[str, list[str]], rng: random.Random) -> str:
-    r = rng.random()
-    if r < 0.3 and synonyms.get(name):
-        return rng.choice(synonyms[name])
-    if r < 0.4 and len(name) >= 10:  # a typo: swap two interior letters of the longest word
-        words = name.split()
-        j = max(range(len(words)), key=lambda k: len(words[k]))
-        w = words[j]
-        if len(w) >= 7:
-            k = rng.randrange(2, len(w) - 3)
-            words[j] = w[:k] + w[k + 1] + w[k] + w[k + 2:]
-            return " ".join(words)
-    return name
-
-
 def write_report(cls: str, rng: random.Random, synonyms: dict[str, list[str]]) -> str:
     dx, findings, sites, stages = CLASS_INFO[cls]
     k = rng.randint(3, min(4, len(findings)))
     chosen = rng.sample(findings, k)
     s = [surface(f, synonyms, rng) for f in chosen]
     site = rng.choice(sites)
-    lines = [f"Specimen: {site}, {rng.choice(_PROCEDURES)}.",
+    lines = [f"Specimen: {site}, {rng.choice(PROCEDURES)}.",
              f"Microscopic description: Sections show {s[0]} and {s[1]}. There is also {s[2]}."
              + (f" Additional features include {s[3]}." if k > 3 else "")]
     others = sorted({f for c, info in CLASS_INFO.items() if c != cls for f in info[1]} - set(findings))

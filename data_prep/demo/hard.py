@@ -21,7 +21,7 @@ import json
 import os
 import random
 
-from data_prep.demo.corpus import CLASS_INFO, surface
+from data_prep.demo.vocabulary import CLASS_INFO, PROCEDURES, surface
 
 FOCAL_FRACTION = 0.25
 KG_EXTENSION = os.path.join(os.path.dirname(__file__), "hard_kg.json")
@@ -67,7 +67,7 @@ def write_hard_report(cls: str, rng: random.Random, synonyms: dict[str, list[str
         micro += f" A separate focus shows {' with '.join(focal)}."
     elif cls in _ABSENT and rng.random() < 0.6:
         micro += f" No {rng.choice(_ABSENT[cls])} is identified."
-    lines = [f"Specimen: {site}, {rng.choice(('biopsy', 'resection', 'excision'))}.", micro]
+    lines = [f"Specimen: {site}, {rng.choice(PROCEDURES)}.", micro]
     dx_text = surface(dx, synonyms, rng) if rng.random() < 0.5 else dx
     lines.append(f"Diagnosis: {dx_text}" + (f", {rng.choice(stages)}." if stages else "."))
     return "\n".join(lines)
