@@ -1,16 +1,21 @@
-"""Attention through `jax.nn.dot_product_attention`.
+"""Softmax attention: cuDNN's flash kernel on GPU for bf16/fp16, our own XLA form elsewhere.
 
-`impl="auto"` asks for cuDNN flash attention on GPU when the inputs allow it (bf16/fp16)
-and uses XLA otherwise; on TPU XLA's fused attention is used (a splash kernel can be
-registered here later). Softmax runs in fp32 inside the XLA implementation.
+`impl="auto"` asks for cuDNN through `jax.nn.dot_product_attention` on GPU when the inputs
+allow it (bf16/fp16) and uses `grouped_attention` otherwise (CPU, TPU, fp32). Softmax
+always runs in fp32.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+# jax.nn.dot_product_attention's fill for masked logits: finite, so a row with no valid key
+# gets a uniform softmax (its output is masked by the caller) rather than NaN.
+_MASKED = -0.7 * float(np.finfo(np.float32).max)
 
 
-def _pick(impl: str, dtype) -> str | None:
+def _pick(impl: str, dtype) -> str:
     if impl in ("xla", "cudnn"):
         return impl
     if jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16):
@@ -24,7 +29,7 @@ def attention(q_btnh, k_bsnh, v_bsnh, mask_b1ts, impl: str = "auto", causal_bloc
     causal_block > 0 (the caller guarantees query t sees no key past slot t): queries in
     blocks of that many tokens, each over the keys up to its own end. The skipped keys are
     masked anyway, so the result is the same; the score work halves, and XLA:CPU runs the
-    small blocks far faster than one T×T block (576 tokens, 8/2 heads: fwd+bwd 72 → 22 ms).
+    small blocks far faster than one T×T block (576 tokens, 8/2 heads: fwd+bwd 46 → 15 ms).
     """
     t = q_btnh.shape[1]
     if causal_block and t > causal_block:
@@ -37,11 +42,28 @@ def attention(q_btnh, k_bsnh, v_bsnh, mask_b1ts, impl: str = "auto", causal_bloc
 
 
 def _one(q_btnh, k_bsnh, v_bsnh, mask_b1ts, impl: str):
-    chosen = _pick(impl, q_btnh.dtype)
-    try:
-        return jax.nn.dot_product_attention(q_btnh, k_bsnh, v_bsnh, mask=mask_b1ts, implementation=chosen)
-    except (NotImplementedError, ValueError, RuntimeError):
-        if chosen == "xla":
-            raise
-        # cuDNN rejects some mask/shape combinations; XLA handles all of them.
-        return jax.nn.dot_product_attention(q_btnh, k_bsnh, v_bsnh, mask=mask_b1ts, implementation="xla")
+    if _pick(impl, q_btnh.dtype) == "cudnn":
+        try:
+            return jax.nn.dot_product_attention(q_btnh, k_bsnh, v_bsnh, mask=mask_b1ts, implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError):
+            pass  # cuDNN rejects some mask/shape combinations; the XLA form handles all of them
+    return grouped_attention(q_btnh, k_bsnh, v_bsnh, mask_b1ts)
+
+
+def grouped_attention(q_btnh, k_bsnh, v_bsnh, mask_b1ts):
+    """`jax.nn.dot_product_attention`'s XLA path (scale 1/√H, fp32 logits and softmax, the
+    same masked fill), laid out for XLA:CPU: the N/K query heads sharing a KV head become
+    rows (T·N/K, H) of one matrix per KV head, and the mask is added as a bias. With
+    (B,T,K,G,H) operands and a select, XLA:CPU writes the probabilities' gradients
+    transposed inside elementwise fusions; here a layer's fwd+bwd at 576 tokens, 8/2 heads,
+    96-token blocks takes 14 ms instead of 31 (float reassociation only)."""
+    b, t, n, h = q_btnh.shape
+    kh = k_bsnh.shape[2]
+    g = n // kh
+    rows = q_btnh.reshape(b, t, kh, g, h).transpose(0, 2, 1, 3, 4).reshape(b, kh, t * g, h)
+    bias = jnp.where(mask_b1ts, 0.0, _MASKED).astype(jnp.float32)  # (B,1,T,S)
+    bias = jnp.broadcast_to(bias[:, :, :, None], (b, 1, t, g, bias.shape[-1])).reshape(b, 1, t * g, -1)
+    logits = jnp.einsum("bkrh,bskh->bkrs", rows, k_bsnh, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits * np.float32(h ** -0.5) + bias, axis=-1).astype(v_bsnh.dtype)
+    out = jnp.einsum("bkrs,bskh->bkrh", probs, v_bsnh)
+    return out.reshape(b, kh, t, g, h).transpose(0, 2, 1, 3, 4).reshape(b, t, n, h)
