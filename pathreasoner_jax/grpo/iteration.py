@@ -50,13 +50,17 @@ def concat(trees: list):
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, 0), *trees)
 
 
-def rollout_and_score(step: GRPOStep, state: GRPOState, prompts: dict, reward_fn: Callable, key, cfg, ids):
+def _rollout(step: GRPOStep, state: GRPOState, prompts: dict, key, cfg, ids) -> dict:
     model = nnx.merge(step.graphdef, state.trainable, state.frozen)
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             top_k=cfg.top_k, group_size=cfg.group_size, shared_prefix=True)
-    rollout = sample(model, prompts["ids"], prompts["text_valid"], prompts["features"], prompts["patch_valid"],
-                     key, params=params, eos_id=ids.eos, pad_id=ids.pad)
-    return rollout, reward_fn(rollout, prompts, cfg.group_size)
+    return sample(model, prompts["ids"], prompts["text_valid"], prompts["features"], prompts["patch_valid"],
+                  key, params=params, eos_id=ids.eos, pad_id=ids.pad)
+
+
+def rollout_and_score(step: GRPOStep, state: GRPOState, prompts: dict, reward_fn: Callable, key, cfg, ids):
+    roll = _rollout(step, state, prompts, key, cfg, ids)
+    return roll, reward_fn(roll, prompts, cfg.group_size)
 
 
 def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int], dict], reward_fn: Callable,
@@ -64,11 +68,22 @@ def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int
     """`next_prompts(try)` gives a prompt batch (B rows); `reward_fn(rollout, prompts, G)` a
     dict of (B·G,) arrays with at least `total`. Returns the new state and metrics."""
     g = cfg.group_size
+    if state.jitted is None:
+        state.jitted = (*step.jit_all(state.trainable, state.frozen, state.opt_state),
+                        step.jit_on_policy_update(state.trainable, state.frozen, state.opt_state))
+    # one dropout key for old log-probs and every inner epoch: the first ratio is exactly 1
+    rng = None if cfg.disable_dropout else jax.random.fold_in(key, 10_000)
     prompts = next_prompts(0)
-    rollout, rewards = rollout_and_score(step, state, prompts, reward_fn, jax.random.fold_in(key, 0), cfg, ids)
-    n_prompts = prompts["ids"].shape[0]
     tries = 1
-    if cfg.dynamic_sampling:
+    if not cfg.dynamic_sampling:
+        rollout = _rollout(step, state, prompts, jax.random.fold_in(key, 0), cfg, ids)
+        # The log-prob passes need no rewards: dispatched first, they run on the device while
+        # the host scores the completions (the judge's HTTP calls included).
+        seq, old_logp, ref_logp = _logprob_passes(state, prompts, rollout, cfg, ids, rng)
+        rewards = reward_fn(rollout, prompts, g)
+    else:
+        rollout, rewards = rollout_and_score(step, state, prompts, reward_fn, jax.random.fold_in(key, 0), cfg, ids)
+        n_prompts = prompts["ids"].shape[0]
         keep = np.asarray(dynamic_sampling_keep(rewards["total"].reshape(-1, g)))
         parts = [take_groups(prompts, rollout, rewards, np.flatnonzero(keep), g)]
         spare = [take_groups(prompts, rollout, rewards, np.flatnonzero(~keep), g)]
@@ -86,20 +101,9 @@ def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int
             parts.append(take_groups(*pool, np.arange(n_prompts - have), g))
         prompts, rollout, rewards = concat([p[0] for p in parts]), concat([p[1] for p in parts]), \
             concat([p[2] for p in parts])
-    if state.jitted is None:
-        state.jitted = (*step.jit_all(state.trainable, state.frozen, state.opt_state),
-                        step.jit_on_policy_update(state.trainable, state.frozen, state.opt_state))
-    lp_fn, ref_fn, upd_fn, on_policy_fn = state.jitted
-    seq = assemble(prompts, rollout, g, ids.image, cfg.shared_prefix_update)
-    # one dropout key for old log-probs and every inner epoch: the first ratio is exactly 1
-    rng = None if cfg.disable_dropout else jax.random.fold_in(key, 10_000)
-    # μ = 1: the update's own forward gives the old log-probs (no separate pass), unless the
-    # KL is folded into the rewards, which needs them before the update
-    on_policy = cfg.inner_epochs == 1 and cfg.kl_mode != "reward"
-    old_logp = None if on_policy else lp_fn(state.trainable, state.frozen, seq, rng)
-    ref_logp = ref_fn(state.ref_trainable, state.frozen, seq) if cfg.kl_mode != "none" else None
-    if ref_logp is None:
-        ref_logp = jnp.zeros(seq["mask"].shape, jnp.float32) if old_logp is None else old_logp
+        seq, old_logp, ref_logp = _logprob_passes(state, prompts, rollout, cfg, ids, rng)
+    _, _, upd_fn, on_policy_fn = state.jitted
+    on_policy = old_logp is None
     total = rewards["total"]
     if cfg.overlong_buffer > 0:
         total = total + overlong_penalty(rollout["lengths"], cfg.max_new_tokens, cfg.overlong_buffer,
@@ -138,6 +142,20 @@ def grpo_iteration(step: GRPOStep, state: GRPOState, next_prompts: Callable[[int
                     "completions/clipped_ratio": jnp.mean(rollout["truncated"].astype(jnp.float32)),
                     "reward_with_shaping": jnp.sum(total) / jnp.maximum(jnp.sum(~bad_rows), 1)})
     return state, {trl_name(k): float(v) for k, v in metrics.items()}
+
+
+def _logprob_passes(state: GRPOState, prompts: dict, rollout: dict, cfg, ids, rng):
+    """→ (training rows, old log-probs, reference log-probs), dispatched without waiting.
+    μ = 1: the update's own forward gives the old log-probs (None here, no separate pass),
+    unless the KL is folded into the rewards, which needs them before the update."""
+    lp_fn, ref_fn, _, _ = state.jitted
+    seq = assemble(prompts, rollout, cfg.group_size, ids.image, cfg.shared_prefix_update)
+    on_policy = cfg.inner_epochs == 1 and cfg.kl_mode != "reward"
+    old_logp = None if on_policy else lp_fn(state.trainable, state.frozen, seq, rng)
+    ref_logp = ref_fn(state.ref_trainable, state.frozen, seq) if cfg.kl_mode != "none" else None
+    if ref_logp is None:
+        ref_logp = jnp.zeros(seq["mask"].shape, jnp.float32) if old_logp is None else old_logp
+    return seq, old_logp, ref_logp
 
 
 # the update's own names → TRL's GRPOTrainer names (the rest already match: loss, kl,
