@@ -43,11 +43,20 @@ def stub():
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
                 state.auth.add(self.headers.get("Authorization"))
                 state.bodies.append(body)
+            left = [False]
+
+            def leave():  # before the reply goes out: once it has, the client may send the next
+                # request on that slot, which must not overlap this one in the count
+                if not left[0]:
+                    left[0] = True
+                    with state.lock:
+                        state.in_flight -= 1
             try:
                 if cand == "slow":
                     time.sleep(1.0)
                 if cand.startswith("busy"):
                     time.sleep(0.1)
+                leave()
                 if cand == "flaky" and n == 1:
                     self.send_response(500)
                     self.end_headers()
@@ -65,8 +74,7 @@ def stub():
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client timed out
             finally:
-                with state.lock:
-                    state.in_flight -= 1
+                leave()
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     srv.daemon_threads = True
