@@ -38,7 +38,7 @@ def accumulate_grads(loss_fn, params, rows, micro: int, rng):
     splits of `rows` → (gradient sum, loss sum, denominator sum, aux stacked (micro, ...)).
     The caller divides by the denominator sum once, so the step equals one big batch."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if micro == 1:  # no scan: a one-trip loop keeps XLA from fusing across the step (layouts, gsum adds)
+    if micro == 1:  # no one-trip loop and no zero-initialised sums to add into
         (s, (d, aux)), g = grad_fn(params, rows, micro_key(rng, 0))
         return g, s, d, jax.tree.map(lambda a: a[None], aux)
 
