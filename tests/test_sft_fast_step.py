@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from pathreasoner_jax.config import SFTConfig
 from pathreasoner_jax.models import attention as A
@@ -103,3 +104,18 @@ def test_sft_step_equals_the_previous_implementation(block, lora):
     (l0, n0, p0), (l1, n1, p1) = out["previous"], out["now"]
     assert abs(l1 - l0) <= 1e-6 * max(1.0, abs(l0)) and abs(n1 - n0) <= 1e-6 * max(1.0, n0)
     assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(p0, p1)) <= 1e-6
+
+
+def test_two_models_built_alike_draw_the_same_dropout_masks():
+    mesh = make_mesh(1, 1, 1, jax.devices()[:1])
+    b = {k: jnp.asarray(v) for k, v in tiny_batch(text=23).items()}
+    outs = []
+    for _ in range(2):  # the second build used to take later layer uids, hence other masks
+        m = create_model(tiny_config(lora=True), IMAGE_ID, mesh)
+        hidden, _ = nnx.jit(lambda m: m(b["ids"], b["text_valid"], b["features"], b["patch_valid"],
+                                        m.ctx(rng=jax.random.key(3))))(m)
+        outs.append(np.asarray(hidden))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    deterministic = np.asarray(nnx.jit(lambda m: m(b["ids"], b["text_valid"], b["features"], b["patch_valid"],
+                                                   m.ctx()))(m)[0])
+    assert not np.allclose(outs[1], deterministic)  # dropout was on

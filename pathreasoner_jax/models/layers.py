@@ -10,6 +10,7 @@ the first update see identical masks (reference defect 6).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass, replace
@@ -20,6 +21,25 @@ import jax.numpy as jnp
 from flax import nnx
 
 _uids = itertools.count()
+_uid_depth = 0
+
+
+@contextlib.contextmanager
+def uid_scope():
+    """Layer uids counted from 0 while one whole model is built (nested scopes share the
+    outer count), so two models built alike draw the same dropout masks from one key; a
+    process-global count gave a second model in the same process different masks."""
+    global _uids, _uid_depth
+    saved = _uids
+    if _uid_depth == 0:
+        _uids = itertools.count()
+    _uid_depth += 1
+    try:
+        yield
+    finally:
+        _uid_depth -= 1
+        if _uid_depth == 0:
+            _uids = saved
 
 
 class LoRAParam(nnx.Param):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pathreasoner_jax.models.layers import Ctx
+from pathreasoner_jax.models.layers import Ctx, uid_scope
 from pathreasoner_jax.models.qwen2 import Qwen2, Qwen2Dims
 from pathreasoner_jax.models.qwen_vision import VisionDims, VisionTower
 
@@ -40,8 +40,9 @@ class QwenVL(nnx.Module):
     def __init__(self, dims: Qwen2Dims, vdims: VisionDims, rngs: nnx.Rngs, image_token_id: int,
                  param_dtype=jnp.float32, compute_dtype=jnp.float32, logits_chunk: int = 0):
         self.dims, self.vdims = dims, vdims
-        self.visual = VisionTower(vdims, rngs, param_dtype)
-        self.llm = Qwen2(dims, rngs, param_dtype)
+        with uid_scope():
+            self.visual = VisionTower(vdims, rngs, param_dtype)
+            self.llm = Qwen2(dims, rngs, param_dtype)
         self.image_token_id = image_token_id
         self.compute_dtype = compute_dtype
         self.logits_chunk = logits_chunk

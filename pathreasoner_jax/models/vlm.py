@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pathreasoner_jax.config import ModelConfig
-from pathreasoner_jax.models.layers import Ctx, Linear
+from pathreasoner_jax.models.layers import Ctx, Linear, uid_scope
 from pathreasoner_jax.models.longnet import LongNet
 from pathreasoner_jax.models.qwen2 import Qwen2, Qwen2Dims, positions_from_valid
 
@@ -35,9 +35,10 @@ class PathVLM(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, image_token_id: int):
         pd = DTYPES[cfg.param_dtype]
         self.dims = Qwen2Dims.from_config(cfg.llm, cfg.lora, cfg.attention_impl, cfg.remat, cfg.attention_block)
-        self.slide_encoder = LongNet(cfg.slide, rngs, pd)
-        self.projector = Projector(cfg.slide.width, cfg.llm.hidden_size, rngs, pd)
-        self.llm = Qwen2(self.dims, rngs, pd)
+        with uid_scope():
+            self.slide_encoder = LongNet(cfg.slide, rngs, pd)
+            self.projector = Projector(cfg.slide.width, cfg.llm.hidden_size, rngs, pd)
+            self.llm = Qwen2(self.dims, rngs, pd)
         self.image_token_id = image_token_id
         self.compute_dtype = DTYPES[cfg.compute_dtype]
         self.logits_chunk = cfg.logits_chunk
