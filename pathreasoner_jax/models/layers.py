@@ -65,12 +65,8 @@ def dropout(x: jax.Array, rate: float, ctx: Ctx, uid: int, salt: int = 0) -> jax
     if ctx.deterministic or rate <= 0.0:
         return x
     key = jax.random.fold_in(jax.random.fold_in(ctx.rng, uid), salt)
-    # 16 random bits an element: threefry does half the work of bernoulli's 32 (~2.6× faster
-    # on CPU). The drop probability is rate to 2^-16 and the scale uses that quantised value,
-    # so the expectation stays exactly x.
-    drop = min(int(round(rate * 65536)), 65535)
-    keep = jax.random.bits(key, x.shape, jnp.uint16) >= drop
-    return jnp.where(keep, x * (65536.0 / (65536 - drop)), jnp.zeros_like(x))
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 def _normal(rngs: nnx.Rngs, shape, std, dtype):
