@@ -58,7 +58,7 @@ def test_the_slide_reaches_the_rollout():
     assert np.abs(np.asarray(a["logprobs"]) - np.asarray(b["logprobs"])).max() > 1e-4
 
 
-@pytest.mark.slow  # ~40 s; the first-epoch ratio is also checked in test_grpo_onpolicy
+@pytest.mark.slow  # ~40 s, for the suite budget; the default run keeps the ratio-1 check without dropout (test_grpo_onpolicy)
 def test_first_inner_epoch_ratio_is_one_with_dropout():
     model = _model(_mesh(), lora=True, lora_dropout=0.5)
     cfg = GRPOConfig(group_size=4, prompts_per_step=4, max_new_tokens=6, inner_epochs=2, kl_mode="loss", lr=1e-2,
